@@ -1,0 +1,148 @@
+/*
+ * thaw_core.h — the one C ABI of libthawcore, the byte-moving core of Thaw.
+ *
+ * The core moves bytes; it knows nothing of the snapshot format. Callers (the C#
+ * layer) hand it a plan: extents (aligned file ranges to read) and segments
+ * (pieces of those ranges and the device address each piece lands at).
+ *
+ * Conventions
+ *  - Every function that can fail returns an int: >= 0 on success, -errno for an
+ *    operating-system failure, or one of THAWCORE_ERR_* (all below -10000).
+ *  - After a failure, thawcore_last_error() returns a message for the calling
+ *    thread, owned by the library, valid until that thread's next core call.
+ *  - No inline functions: every entry point is callable through any FFI.
+ */
+#ifndef THAW_CORE_H
+#define THAW_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define THAWCORE_ABI_VERSION 1
+
+enum thawcore_error {
+    THAWCORE_ERR_CUDA = -10001,                 /* a CUDA driver call failed */
+    THAWCORE_ERR_NO_DEVICE = -10002,            /* no CUDA driver, or no such device */
+    THAWCORE_ERR_SHORT_READ = -10003,           /* the file ended inside a region */
+    THAWCORE_ERR_CHECKSUM = -10004,             /* a region's CRC32C disagrees */
+    THAWCORE_ERR_OUT_OF_DEVICE_MEMORY = -10005,
+    THAWCORE_ERR_OUT_OF_PINNED_MEMORY = -10006,
+    THAWCORE_ERR_BAD_DESTINATION = -10007,      /* a range not inside one device allocation */
+    THAWCORE_ERR_CANCELED = -10008,
+    THAWCORE_ERR_INVALID_PLAN = -10009          /* extents/segments inconsistent or unaligned */
+};
+
+enum thawcore_device_kind {
+    THAWCORE_DEVICE_MOCK = 0,   /* host memory stands in for device memory */
+    THAWCORE_DEVICE_CUDA = 1    /* CUDA driver API, libcuda.so.1 opened at run time */
+};
+
+enum thawcore_io_mode {
+    THAWCORE_IO_AUTO = 0,       /* buffered when the file is mostly in page cache, else direct */
+    THAWCORE_IO_BUFFERED = 1,
+    THAWCORE_IO_DIRECT = 2      /* O_DIRECT; falls back to buffered where unsupported */
+};
+
+typedef struct thawcore_engine thawcore_engine;
+
+typedef struct thawcore_engine_options {
+    uint32_t struct_size;       /* sizeof(thawcore_engine_options) */
+    int32_t device_kind;        /* enum thawcore_device_kind */
+    int32_t device_ordinal;
+    uint32_t io_threads;        /* reader threads; 0 = default (min(8, cores)) */
+    uint64_t chunk_bytes;       /* staging chunk; multiple of 4096; 0 = 16 MiB */
+    uint64_t staging_bytes;     /* pinned staging in total; 0 = 512 MiB */
+} thawcore_engine_options;
+
+/* A contiguous file range to read; offset and length are multiples of 4096. */
+typedef struct thawcore_extent {
+    uint64_t file_offset;
+    uint64_t length;
+    uint32_t first_segment;     /* index into the segment array */
+    uint32_t segment_count;     /* segments of this extent, ascending, inside it */
+} thawcore_extent;
+
+/* A piece of an extent and where it goes. device_address 0 = read only (verify). */
+typedef struct thawcore_segment {
+    uint64_t file_offset;
+    uint64_t length;
+    uint64_t device_address;
+    uint32_t region;            /* caller's region index, reported in errors and checksums */
+    uint32_t region_offset;     /* reserved, zero */
+} thawcore_segment;
+
+typedef void (*thawcore_progress_fn)(void *user, uint64_t bytes_done, uint64_t bytes_total);
+
+typedef struct thawcore_restore_options {
+    uint32_t struct_size;           /* sizeof(thawcore_restore_options) */
+    int32_t io_mode;                /* enum thawcore_io_mode */
+    /* When non-NULL, each region r is checksummed (CRC32C) as it streams and
+     * compared with region_crc32c[r]; region_length[r] is its full length.
+     * Every region must then be covered by segments exactly once. */
+    const uint32_t *region_crc32c;
+    const uint64_t *region_length;
+    uint32_t region_count;
+    uint32_t reserved;
+    volatile int32_t *cancel;       /* non-zero stops the restore with THAWCORE_ERR_CANCELED */
+    thawcore_progress_fn progress;  /* called from worker threads, at most ~10 times a second */
+    void *progress_user;
+} thawcore_restore_options;
+
+typedef struct thawcore_restore_stats {
+    uint64_t bytes_read;
+    uint64_t bytes_copied;
+    double seconds;
+    int32_t io_mode_used;           /* THAWCORE_IO_BUFFERED or THAWCORE_IO_DIRECT */
+    uint32_t threads;
+    uint32_t failed_region;         /* region of the first error, or UINT32_MAX */
+    uint32_t reserved;
+} thawcore_restore_stats;
+
+const char *thawcore_last_error(void);
+int thawcore_abi_version(void);
+
+/* CRC32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2. */
+uint32_t thawcore_crc32c(uint32_t crc, const void *data, size_t length);
+/* crc of A||B from crc(A), crc(B) and len(B). */
+uint32_t thawcore_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
+
+/* Number of devices of a kind (the mock always has 1); < 0 on failure. */
+int thawcore_device_count(int32_t device_kind);
+
+int thawcore_engine_create(const thawcore_engine_options *options, thawcore_engine **out);
+void thawcore_engine_destroy(thawcore_engine *engine);
+
+/* Reads the extents of the file at path and copies each segment to its device
+ * address. Returns when every copy has completed, or on the first error (after
+ * every worker has stopped and no copy is in flight). */
+int thawcore_engine_restore(thawcore_engine *engine, const char *path,
+                            const thawcore_extent *extents, uint32_t extent_count,
+                            const thawcore_segment *segments, uint32_t segment_count,
+                            const thawcore_restore_options *options,
+                            thawcore_restore_stats *stats);
+
+/* Writes each segment's bytes (from a device address, or from a host address when
+ * source_is_host) to fd at its file_offset, and stores the CRC32C of each segment
+ * in crc32c_out[i]. Does not fsync or close fd. */
+int thawcore_engine_write(thawcore_engine *engine, int fd,
+                          const thawcore_segment *segments, uint32_t segment_count,
+                          int32_t source_is_host, uint32_t *crc32c_out,
+                          thawcore_progress_fn progress, void *progress_user);
+
+/* Fails with THAWCORE_ERR_BAD_DESTINATION unless [address, address+length) lies
+ * inside one allocation of this engine's device. */
+int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address, uint64_t length);
+
+int thawcore_engine_device_alloc(thawcore_engine *engine, uint64_t length, uint64_t *address_out);
+int thawcore_engine_device_free(thawcore_engine *engine, uint64_t address);
+int thawcore_engine_copy_to_host(thawcore_engine *engine, void *host, uint64_t address, uint64_t length);
+int thawcore_engine_device_memory(thawcore_engine *engine, uint64_t *free_out, uint64_t *total_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* THAW_CORE_H */

@@ -1,0 +1,43 @@
+/* The device backends behind the engine: the same operations on a CUDA GPU
+ * (driver API) and on the mock (host memory standing in for device memory). */
+#ifndef THAW_DEVICE_H
+#define THAW_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct thaw_device thaw_device;
+
+typedef struct thaw_device_ops {
+    const char *name;
+    /* Makes the device current on the calling thread (CUDA: the primary context). */
+    int (*bind_thread)(thaw_device *dev);
+    int (*host_alloc)(thaw_device *dev, size_t length, void **out);
+    void (*host_free)(thaw_device *dev, void *host);
+    int (*stream_create)(thaw_device *dev, void **out);
+    void (*stream_destroy)(thaw_device *dev, void *stream);
+    int (*event_create)(thaw_device *dev, void **out);
+    void (*event_destroy)(thaw_device *dev, void *event);
+    int (*copy_h2d_async)(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream);
+    int (*copy_d2h)(thaw_device *dev, void *dst, uint64_t src, size_t length);
+    int (*event_record)(thaw_device *dev, void *event, void *stream);
+    int (*event_wait)(thaw_device *dev, void *event);
+    int (*stream_wait)(thaw_device *dev, void *stream);
+    int (*check_range)(thaw_device *dev, uint64_t address, uint64_t length);
+    int (*mem_alloc)(thaw_device *dev, uint64_t length, uint64_t *out);
+    int (*mem_free)(thaw_device *dev, uint64_t address);
+    int (*mem_info)(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);
+    void (*close)(thaw_device *dev);
+} thaw_device_ops;
+
+struct thaw_device {
+    const thaw_device_ops *ops;
+    void *state;
+    int ordinal;
+};
+
+int thaw_device_open_mock(int ordinal, thaw_device *out);
+int thaw_device_open_cuda(int ordinal, thaw_device *out);
+int thaw_device_count_cuda(void);
+
+#endif

@@ -1,0 +1,340 @@
+/* The CUDA backend, through the driver API. libcuda.so.1 is opened at run time,
+ * so the core builds without a CUDA toolkit and loads on machines without a GPU.
+ * The primary context is used, which is the one PyTorch uses: addresses that
+ * PyTorch allocated are valid destinations. */
+#include "device.h"
+#include "error.h"
+#include "thaw_core.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef void *CUcontext;
+typedef void *CUstream;
+typedef void *CUevent;
+typedef uint64_t CUdeviceptr;
+
+enum {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_NO_DEVICE = 100,
+    CUDA_ERROR_INVALID_DEVICE = 101,
+    CU_MEMHOSTALLOC_PORTABLE = 1,
+    CU_STREAM_NON_BLOCKING = 1,
+    CU_EVENT_DISABLE_TIMING = 2,
+    CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
+    CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
+    CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
+};
+
+static struct {
+    CUresult (*cuInit)(unsigned);
+    CUresult (*cuGetErrorString)(CUresult, const char **);
+    CUresult (*cuDeviceGetCount)(int *);
+    CUresult (*cuDeviceGet)(CUdevice *, int);
+    CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+    CUresult (*cuDevicePrimaryCtxRelease)(CUdevice);
+    CUresult (*cuCtxSetCurrent)(CUcontext);
+    CUresult (*cuMemHostAlloc)(void **, size_t, unsigned);
+    CUresult (*cuMemFreeHost)(void *);
+    CUresult (*cuMemAlloc)(CUdeviceptr *, size_t);
+    CUresult (*cuMemFree)(CUdeviceptr);
+    CUresult (*cuMemGetInfo)(size_t *, size_t *);
+    CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
+    CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
+    CUresult (*cuStreamCreate)(CUstream *, unsigned);
+    CUresult (*cuStreamDestroy)(CUstream);
+    CUresult (*cuStreamSynchronize)(CUstream);
+    CUresult (*cuEventCreate)(CUevent *, unsigned);
+    CUresult (*cuEventDestroy)(CUevent);
+    CUresult (*cuEventRecord)(CUevent, CUstream);
+    CUresult (*cuEventSynchronize)(CUevent);
+    CUresult (*cuPointerGetAttribute)(void *, int, CUdeviceptr);
+} cu;
+
+static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
+static int driver_status;
+static char driver_message[512];
+
+static void load_driver(void)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        driver_status = THAWCORE_ERR_NO_DEVICE;
+        snprintf(driver_message, sizeof driver_message,
+                 "CUDA driver not found (dlopen libcuda.so.1: %s); use the mock device on machines without a GPU",
+                 dlerror());
+        return;
+    }
+    static const struct { const char *name; size_t offset; } symbols[] = {
+#define SYM(field, name) { name, offsetof(__typeof__(cu), field) }
+        SYM(cuInit, "cuInit"),
+        SYM(cuGetErrorString, "cuGetErrorString"),
+        SYM(cuDeviceGetCount, "cuDeviceGetCount"),
+        SYM(cuDeviceGet, "cuDeviceGet"),
+        SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain"),
+        SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2"),
+        SYM(cuCtxSetCurrent, "cuCtxSetCurrent"),
+        SYM(cuMemHostAlloc, "cuMemHostAlloc"),
+        SYM(cuMemFreeHost, "cuMemFreeHost"),
+        SYM(cuMemAlloc, "cuMemAlloc_v2"),
+        SYM(cuMemFree, "cuMemFree_v2"),
+        SYM(cuMemGetInfo, "cuMemGetInfo_v2"),
+        SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2"),
+        SYM(cuMemcpyDtoH, "cuMemcpyDtoH_v2"),
+        SYM(cuStreamCreate, "cuStreamCreate"),
+        SYM(cuStreamDestroy, "cuStreamDestroy_v2"),
+        SYM(cuStreamSynchronize, "cuStreamSynchronize"),
+        SYM(cuEventCreate, "cuEventCreate"),
+        SYM(cuEventDestroy, "cuEventDestroy_v2"),
+        SYM(cuEventRecord, "cuEventRecord"),
+        SYM(cuEventSynchronize, "cuEventSynchronize"),
+        SYM(cuPointerGetAttribute, "cuPointerGetAttribute"),
+#undef SYM
+    };
+    for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
+        void *fn = dlsym(lib, symbols[i].name);
+        if (!fn) {
+            driver_status = THAWCORE_ERR_NO_DEVICE;
+            snprintf(driver_message, sizeof driver_message,
+                     "CUDA driver libcuda.so.1 lacks %s (driver too old?)", symbols[i].name);
+            return;
+        }
+        *(void **)((char *)&cu + symbols[i].offset) = fn;
+    }
+    CUresult r = cu.cuInit(0);
+    if (r != CUDA_SUCCESS) {
+        const char *text = "unknown error";
+        cu.cuGetErrorString(r, &text);
+        driver_status = r == CUDA_ERROR_NO_DEVICE ? THAWCORE_ERR_NO_DEVICE : THAWCORE_ERR_CUDA;
+        snprintf(driver_message, sizeof driver_message, "cuInit failed: %s (CUresult %d)", text, r);
+    }
+}
+
+static int load_driver_once(void)
+{
+    pthread_once(&driver_once, load_driver);
+    if (driver_status)
+        return thaw_fail(driver_status, "%s", driver_message);
+    return 0;
+}
+
+static int cuda_fail(CUresult r, const char *what)
+{
+    const char *text = "unknown error";
+    if (cu.cuGetErrorString)
+        cu.cuGetErrorString(r, &text);
+    int code = r == CUDA_ERROR_OUT_OF_MEMORY ? THAWCORE_ERR_OUT_OF_DEVICE_MEMORY : THAWCORE_ERR_CUDA;
+    return thaw_fail(code, "%s failed: %s (CUresult %d)", what, text, r);
+}
+
+#define CU_CHECK(call, what)                        \
+    do {                                            \
+        CUresult r_ = (call);                       \
+        if (r_ != CUDA_SUCCESS)                     \
+            return cuda_fail(r_, what);             \
+    } while (0)
+
+typedef struct { CUdevice device; CUcontext context; } cuda_state;
+
+static CUcontext context_of(thaw_device *dev) { return ((cuda_state *)dev->state)->context; }
+
+static int cuda_bind_thread(thaw_device *dev)
+{
+    CU_CHECK(cu.cuCtxSetCurrent(context_of(dev)), "cuCtxSetCurrent");
+    return 0;
+}
+
+static int cuda_host_alloc(thaw_device *dev, size_t length, void **out)
+{
+    (void)dev;
+    CUresult r = cu.cuMemHostAlloc(out, length, CU_MEMHOSTALLOC_PORTABLE);
+    if (r != CUDA_SUCCESS) {
+        const char *text = "unknown error";
+        cu.cuGetErrorString(r, &text);
+        return thaw_fail(THAWCORE_ERR_OUT_OF_PINNED_MEMORY,
+                         "cannot allocate %zu bytes of pinned staging memory: %s", length, text);
+    }
+    return 0;
+}
+
+static void cuda_host_free(thaw_device *dev, void *host) { (void)dev; cu.cuMemFreeHost(host); }
+
+static int cuda_stream_create(thaw_device *dev, void **out)
+{
+    (void)dev;
+    CU_CHECK(cu.cuStreamCreate((CUstream *)out, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+    return 0;
+}
+
+static void cuda_stream_destroy(thaw_device *dev, void *stream) { (void)dev; cu.cuStreamDestroy(stream); }
+
+static int cuda_event_create(thaw_device *dev, void **out)
+{
+    (void)dev;
+    CU_CHECK(cu.cuEventCreate((CUevent *)out, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+    return 0;
+}
+
+static void cuda_event_destroy(thaw_device *dev, void *event) { (void)dev; cu.cuEventDestroy(event); }
+
+static int cuda_copy_h2d_async(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream)
+{
+    (void)dev;
+    CU_CHECK(cu.cuMemcpyHtoDAsync(dst, src, length, stream), "cuMemcpyHtoDAsync");
+    return 0;
+}
+
+static int cuda_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t length)
+{
+    (void)dev;
+    CU_CHECK(cu.cuMemcpyDtoH(dst, src, length), "cuMemcpyDtoH");
+    return 0;
+}
+
+static int cuda_event_record(thaw_device *dev, void *event, void *stream)
+{
+    (void)dev;
+    CU_CHECK(cu.cuEventRecord(event, stream), "cuEventRecord");
+    return 0;
+}
+
+static int cuda_event_wait(thaw_device *dev, void *event)
+{
+    (void)dev;
+    CU_CHECK(cu.cuEventSynchronize(event), "cuEventSynchronize");
+    return 0;
+}
+
+static int cuda_stream_wait(thaw_device *dev, void *stream)
+{
+    (void)dev;
+    CU_CHECK(cu.cuStreamSynchronize(stream), "cuStreamSynchronize");
+    return 0;
+}
+
+static int cuda_check_range(thaw_device *dev, uint64_t address, uint64_t length)
+{
+    CUdeviceptr start = 0;
+    size_t size = 0;
+    int ordinal = -1;
+    if (cu.cuPointerGetAttribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, address) != CUDA_SUCCESS ||
+        cu.cuPointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, address) != CUDA_SUCCESS ||
+        cu.cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address) != CUDA_SUCCESS)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                         "destination 0x%llx is not CUDA device memory", (unsigned long long)address);
+    if (ordinal != dev->ordinal)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                         "destination 0x%llx is on cuda:%d, the restore targets cuda:%d",
+                         (unsigned long long)address, ordinal, dev->ordinal);
+    if (address + length > start + size)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                         "destination 0x%llx+%llu runs past its allocation (0x%llx+%zu)",
+                         (unsigned long long)address, (unsigned long long)length,
+                         (unsigned long long)start, size);
+    return 0;
+}
+
+static int cuda_mem_alloc(thaw_device *dev, uint64_t length, uint64_t *out)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    CUresult r = cu.cuMemAlloc((CUdeviceptr *)out, length);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+        size_t free_bytes = 0, total = 0;
+        cu.cuMemGetInfo(&free_bytes, &total);
+        return thaw_fail(THAWCORE_ERR_OUT_OF_DEVICE_MEMORY,
+                         "cuda:%d is out of memory: %llu bytes requested, %zu free of %zu",
+                         dev->ordinal, (unsigned long long)length, free_bytes, total);
+    }
+    CU_CHECK(r, "cuMemAlloc");
+    return 0;
+}
+
+static int cuda_mem_free(thaw_device *dev, uint64_t address)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    CU_CHECK(cu.cuMemFree(address), "cuMemFree");
+    return 0;
+}
+
+static int cuda_mem_info(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    size_t f = 0, t = 0;
+    CU_CHECK(cu.cuMemGetInfo(&f, &t), "cuMemGetInfo");
+    *free_bytes = f;
+    *total_bytes = t;
+    return 0;
+}
+
+static void cuda_close(thaw_device *dev)
+{
+    cuda_state *state = dev->state;
+    cu.cuDevicePrimaryCtxRelease(state->device);
+    free(state);
+}
+
+static const thaw_device_ops cuda_ops = {
+    .name = "cuda",
+    .bind_thread = cuda_bind_thread,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .stream_create = cuda_stream_create,
+    .stream_destroy = cuda_stream_destroy,
+    .event_create = cuda_event_create,
+    .event_destroy = cuda_event_destroy,
+    .copy_h2d_async = cuda_copy_h2d_async,
+    .copy_d2h = cuda_copy_d2h,
+    .event_record = cuda_event_record,
+    .event_wait = cuda_event_wait,
+    .stream_wait = cuda_stream_wait,
+    .check_range = cuda_check_range,
+    .mem_alloc = cuda_mem_alloc,
+    .mem_free = cuda_mem_free,
+    .mem_info = cuda_mem_info,
+    .close = cuda_close,
+};
+
+int thaw_device_count_cuda(void)
+{
+    int rc = load_driver_once();
+    if (rc)
+        return rc;
+    int count = 0;
+    CU_CHECK(cu.cuDeviceGetCount(&count), "cuDeviceGetCount");
+    return count;
+}
+
+int thaw_device_open_cuda(int ordinal, thaw_device *out)
+{
+    int count = thaw_device_count_cuda();
+    if (count < 0)
+        return count;
+    if (ordinal < 0 || ordinal >= count)
+        return thaw_fail(THAWCORE_ERR_NO_DEVICE, "no CUDA device %d (this machine has %d)", ordinal, count);
+    cuda_state *state = calloc(1, sizeof *state);
+    if (!state)
+        return thaw_fail(-12, "out of host memory");
+    CUresult r = cu.cuDeviceGet(&state->device, ordinal);
+    if (r == CUDA_SUCCESS)
+        r = cu.cuDevicePrimaryCtxRetain(&state->context, state->device);
+    if (r != CUDA_SUCCESS) {
+        free(state);
+        return cuda_fail(r, "opening the CUDA device's primary context");
+    }
+    out->ops = &cuda_ops;
+    out->state = state;
+    out->ordinal = ordinal;
+    return 0;
+}

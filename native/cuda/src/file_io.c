@@ -1,0 +1,84 @@
+#define _GNU_SOURCE
+#include "file_io.h"
+#include "error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+ssize_t thaw_pread_full(int fd, void *buffer, size_t length, uint64_t offset)
+{
+    size_t done = 0;
+    while (done < length) {
+        ssize_t n = pread(fd, (char *)buffer + done, length - done, (off_t)(offset + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int thaw_pwrite_full(int fd, const void *buffer, size_t length, uint64_t offset)
+{
+    size_t done = 0;
+    while (done < length) {
+        ssize_t n = pwrite(fd, (const char *)buffer + done, length - done, (off_t)(offset + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+int thaw_open_for_read(const char *path, int direct, int *direct_used)
+{
+    *direct_used = 0;
+    if (direct) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        if (fd >= 0) {
+            *direct_used = 1;
+            return fd;
+        }
+        if (errno != EINVAL) /* EINVAL: the file system has no O_DIRECT (tmpfs) */
+            return thaw_fail(-errno, "cannot open %s: %s", path, strerror(errno));
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return thaw_fail(-errno, "cannot open %s: %s", path, strerror(errno));
+    return fd;
+}
+
+double thaw_page_cache_residency(int fd, uint64_t offset, uint64_t length)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    if (length == 0 || page <= 0)
+        return -1;
+    uint64_t start = offset & ~(uint64_t)(page - 1);
+    size_t span = (size_t)(offset + length - start);
+    void *map = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (map == MAP_FAILED)
+        return -1;
+    size_t pages = (span + (size_t)page - 1) / (size_t)page;
+    unsigned char *vec = malloc(pages);
+    double result = -1;
+    if (vec && mincore(map, span, vec) == 0) {
+        size_t resident = 0;
+        for (size_t i = 0; i < pages; i++)
+            resident += vec[i] & 1;
+        result = (double)resident / (double)pages;
+    }
+    free(vec);
+    munmap(map, span);
+    return result;
+}
