@@ -1,0 +1,127 @@
+// The C# surface of bindings/thaw_core.h: one declaration per C entry point,
+// structs laid out exactly as the header's.
+using System.Runtime.InteropServices;
+
+namespace Thaw.Interop.Native;
+
+internal static partial class Interop
+{
+    internal static partial class ThawCore
+    {
+        private const string Library = "thawcore";
+
+        internal const int AbiVersion = 1;
+
+        internal const int ErrCuda = -10001;
+        internal const int ErrNoDevice = -10002;
+        internal const int ErrShortRead = -10003;
+        internal const int ErrChecksum = -10004;
+        internal const int ErrOutOfDeviceMemory = -10005;
+        internal const int ErrOutOfPinnedMemory = -10006;
+        internal const int ErrBadDestination = -10007;
+        internal const int ErrCanceled = -10008;
+        internal const int ErrInvalidPlan = -10009;
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct EngineOptions
+        {
+            public uint StructSize;
+            public int DeviceKind;
+            public int DeviceOrdinal;
+            public uint IoThreads;
+            public ulong ChunkBytes;
+            public ulong StagingBytes;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct Extent
+        {
+            public ulong FileOffset;
+            public ulong Length;
+            public uint FirstSegment;
+            public uint SegmentCount;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct Segment
+        {
+            public ulong FileOffset;
+            public ulong Length;
+            public ulong DeviceAddress;
+            public uint Region;
+            public uint RegionOffset;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal unsafe struct RestoreOptions
+        {
+            public uint StructSize;
+            public int IoMode;
+            public uint* RegionCrc32C;
+            public ulong* RegionLength;
+            public uint RegionCount;
+            public uint Reserved;
+            public int* Cancel;
+            public delegate* unmanaged<nint, ulong, ulong, void> Progress;
+            public nint ProgressUser;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct RestoreStats
+        {
+            public ulong BytesRead;
+            public ulong BytesCopied;
+            public double Seconds;
+            public int IoModeUsed;
+            public uint Threads;
+            public uint FailedRegion;
+            public uint Reserved;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_last_error")]
+        internal static partial nint LastError();
+
+        [LibraryImport(Library, EntryPoint = "thawcore_abi_version")]
+        internal static partial int GetAbiVersion();
+
+        [LibraryImport(Library, EntryPoint = "thawcore_crc32c")]
+        internal static unsafe partial uint Crc32C(uint crc, byte* data, nuint length);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_crc32c_combine")]
+        internal static partial uint Crc32CCombine(uint crcA, uint crcB, ulong lengthB);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_device_count")]
+        internal static partial int DeviceCount(int deviceKind);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_create")]
+        internal static unsafe partial int EngineCreate(EngineOptions* options, out nint engine);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_destroy")]
+        internal static partial void EngineDestroy(nint engine);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_restore", StringMarshalling = StringMarshalling.Utf8)]
+        internal static unsafe partial int EngineRestore(EngineHandle engine, string path,
+            Extent* extents, uint extentCount, Segment* segments, uint segmentCount,
+            RestoreOptions* options, RestoreStats* stats);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_write")]
+        internal static unsafe partial int EngineWrite(EngineHandle engine, int fd,
+            Segment* segments, uint segmentCount, int sourceIsHost, uint* crc32COut,
+            delegate* unmanaged<nint, ulong, ulong, void> progress, nint progressUser);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_check_destination")]
+        internal static partial int EngineCheckDestination(EngineHandle engine, ulong address, ulong length);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_device_alloc")]
+        internal static partial int EngineDeviceAlloc(EngineHandle engine, ulong length, out ulong address);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_device_free")]
+        internal static partial int EngineDeviceFree(EngineHandle engine, ulong address);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_to_host")]
+        internal static unsafe partial int EngineCopyToHost(EngineHandle engine, void* host, ulong address, ulong length);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_device_memory")]
+        internal static partial int EngineDeviceMemory(EngineHandle engine, out ulong freeBytes, out ulong totalBytes);
+    }
+}

@@ -1,0 +1,170 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using Thaw.Interop.Format;
+using Thaw.Interop.Native;
+using static Thaw.Interop.Native.Interop.ThawCore;
+using Core = Thaw.Interop.Native.Interop.ThawCore;
+
+namespace Thaw.Interop.Restore;
+
+/// <summary>A device with its pinned staging memory, allocated once and reused by
+/// every restore and write. Thread-safe: operations on one engine run one at a time.</summary>
+public sealed class ThawEngine : IDisposable
+{
+    private readonly EngineHandle _handle;
+
+    private ThawEngine(EngineHandle handle, DeviceKind kind, int ordinal)
+    {
+        _handle = handle;
+        Kind = kind;
+        Ordinal = ordinal;
+    }
+
+    public DeviceKind Kind { get; }
+    public int Ordinal { get; }
+
+    /// <exception cref="ThawDeviceException">No CUDA driver or no such device.</exception>
+    public static unsafe ThawEngine Create(DeviceKind kind, int ordinal = 0, EngineSettings? settings = null)
+    {
+        settings ??= new EngineSettings();
+        var options = new EngineOptions
+        {
+            StructSize = (uint)sizeof(EngineOptions),
+            DeviceKind = (int)kind,
+            DeviceOrdinal = ordinal,
+            IoThreads = (uint)Math.Max(0, settings.IoThreads),
+            ChunkBytes = (ulong)Math.Max(0, settings.ChunkBytes),
+            StagingBytes = (ulong)Math.Max(0, settings.StagingBytes),
+        };
+        return new ThawEngine(EngineHandle.Create(options), kind, ordinal);
+    }
+
+    /// <summary>Devices of a kind on this machine (0 when there is no driver).</summary>
+    public static int DeviceCount(DeviceKind kind)
+    {
+        int count = Core.DeviceCount((int)kind);
+        return Math.Max(count, 0);
+    }
+
+    /// <summary>Runs a plan: reads the snapshot and copies every segment to its address.</summary>
+    /// <exception cref="ThawChecksumException">With <see cref="RestoreOptions.Verify"/>, a region is corrupt.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    public unsafe RestoreResult Restore(RestorePlan plan, RestoreOptions? options = null)
+    {
+        options ??= new RestoreOptions();
+        Snapshot snapshot = plan.Snapshot;
+        options.CancellationToken.ThrowIfCancellationRequested();
+        int regionCount = snapshot.Tensors.Count;
+        uint[] crcs = options.Verify ? snapshot.Tensors.Select(t => t.Crc32C).ToArray() : [];
+        ulong[] lengths = options.Verify ? snapshot.Tensors.Select(t => (ulong)t.Length).ToArray() : [];
+        int* cancel = (int*)NativeMemory.AllocZeroed(sizeof(int));
+        GCHandle progress = options.Progress is null ? default : GCHandle.Alloc(options.Progress);
+        try
+        {
+            using CancellationTokenRegistration registration = options.CancellationToken.Register(() => Volatile.Write(ref *cancel, 1));
+            fixed (Extent* extents = plan.Extents)
+            fixed (Segment* segments = plan.Segments)
+            fixed (uint* crcPointer = crcs)
+            fixed (ulong* lengthPointer = lengths)
+            {
+                var native = new Core.RestoreOptions
+                {
+                    StructSize = (uint)sizeof(Core.RestoreOptions),
+                    IoMode = (int)options.IoMode,
+                    RegionCrc32C = options.Verify ? crcPointer : null,
+                    RegionLength = options.Verify ? lengthPointer : null,
+                    RegionCount = (uint)regionCount,
+                    Cancel = cancel,
+                    Progress = options.Progress is null ? null : &OnProgress,
+                    ProgressUser = options.Progress is null ? 0 : GCHandle.ToIntPtr(progress),
+                };
+                RestoreStats stats;
+                int rc = EngineRestore(_handle, snapshot.Path, extents, (uint)plan.Extents.Length,
+                    segments, (uint)plan.Segments.Length, &native, &stats);
+                if (rc < 0)
+                    throw NativeErrors.FromCode(rc, NativeErrors.LastMessage());
+                return new RestoreResult((long)stats.BytesCopied, (long)stats.BytesRead, stats.Seconds,
+                    (IoMode)stats.IoModeUsed, (int)stats.Threads);
+            }
+        }
+        finally
+        {
+            if (progress.IsAllocated)
+                progress.Free();
+            NativeMemory.Free(cancel);
+        }
+    }
+
+    /// <summary>Checks every region's checksum by streaming the whole file (no device copies).</summary>
+    public RestoreResult Verify(Snapshot snapshot, Action<long, long>? progress = null, CancellationToken cancellationToken = default) =>
+        Restore(RestorePlan.ReadOnly(snapshot), new RestoreOptions { Verify = true, Progress = progress, CancellationToken = cancellationToken });
+
+    /// <summary>Writes regions from device (or host) memory into a file; returns each segment's CRC32C.</summary>
+    internal unsafe uint[] Write(SafeFileHandle file, Segment[] segments, bool sourceIsHost, Action<long, long>? progress)
+    {
+        uint[] crcs = new uint[segments.Length];
+        GCHandle progressHandle = progress is null ? default : GCHandle.Alloc(progress);
+        bool added = false;
+        try
+        {
+            file.DangerousAddRef(ref added);
+            fixed (Segment* segmentPointer = segments)
+            fixed (uint* crcPointer = crcs)
+            {
+                NativeErrors.Check(EngineWrite(_handle, (int)file.DangerousGetHandle(), segmentPointer, (uint)segments.Length,
+                    sourceIsHost ? 1 : 0, crcPointer, progress is null ? null : &OnProgress,
+                    progress is null ? 0 : GCHandle.ToIntPtr(progressHandle)));
+            }
+            return crcs;
+        }
+        finally
+        {
+            if (added)
+                file.DangerousRelease();
+            if (progressHandle.IsAllocated)
+                progressHandle.Free();
+        }
+    }
+
+    /// <exception cref="ThawMismatchException">The range is not inside one allocation of this device.</exception>
+    public void CheckDestination(ulong address, long length) =>
+        NativeErrors.Check(EngineCheckDestination(_handle, address, (ulong)length));
+
+    /// <exception cref="ThawDeviceException">Out of device memory.</exception>
+    public ulong Allocate(long length)
+    {
+        NativeErrors.Check(EngineDeviceAlloc(_handle, (ulong)length, out ulong address));
+        return address;
+    }
+
+    public void Free(ulong address) => NativeErrors.Check(EngineDeviceFree(_handle, address));
+
+    public unsafe void CopyToHost(ulong address, Span<byte> destination)
+    {
+        fixed (byte* p = destination)
+            NativeErrors.Check(EngineCopyToHost(_handle, p, address, (ulong)destination.Length));
+    }
+
+    public (long Free, long Total) DeviceMemory()
+    {
+        NativeErrors.Check(EngineDeviceMemory(_handle, out ulong free, out ulong total));
+        return ((long)free, (long)total);
+    }
+
+    public void Dispose() => _handle.Dispose();
+
+    [UnmanagedCallersOnly]
+    private static void OnProgress(nint user, ulong done, ulong total)
+    {
+        try
+        {
+            if (GCHandle.FromIntPtr(user).Target is Action<long, long> callback)
+                callback((long)done, (long)total);
+        }
+        catch
+        {
+            // A failing progress callback must not unwind through native frames.
+        }
+    }
+}
