@@ -140,6 +140,9 @@ int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address,
 int thawcore_engine_device_alloc(thawcore_engine *engine, uint64_t length, uint64_t *address_out);
 int thawcore_engine_device_free(thawcore_engine *engine, uint64_t address);
 int thawcore_engine_copy_to_host(thawcore_engine *engine, void *host, uint64_t address, uint64_t length);
+/* fsync a directory, so that a rename inside it is durable. */
+int thawcore_sync_directory(const char *path);
+
 int thawcore_engine_device_memory(thawcore_engine *engine, uint64_t *free_out, uint64_t *total_out);
 
 #ifdef __cplusplus

@@ -121,6 +121,9 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_to_host")]
         internal static unsafe partial int EngineCopyToHost(EngineHandle engine, void* host, ulong address, ulong length);
 
+        [LibraryImport(Library, EntryPoint = "thawcore_sync_directory", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int SyncDirectory(string path);
+
         [LibraryImport(Library, EntryPoint = "thawcore_engine_device_memory")]
         internal static partial int EngineDeviceMemory(EngineHandle engine, out ulong freeBytes, out ulong totalBytes);
     }

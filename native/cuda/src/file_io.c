@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "file_io.h"
 #include "error.h"
+#include "thaw_core.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -81,4 +82,15 @@ double thaw_page_cache_residency(int fd, uint64_t offset, uint64_t length)
     free(vec);
     munmap(map, span);
     return result;
+}
+
+int thawcore_sync_directory(const char *path)
+{
+    thaw_clear_error();
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return thaw_fail(-errno, "cannot open directory %s: %s", path, strerror(errno));
+    int rc = fsync(fd) == 0 ? 0 : thaw_fail(-errno, "cannot fsync directory %s: %s", path, strerror(errno));
+    close(fd);
+    return rc;
 }

@@ -1,12 +1,12 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using Thaw.Interop.Native;
 
 namespace Thaw.Interop.Freeze;
 
 /// <summary>A file that appears under its final name complete or not at all: it is
 /// written as a temporary beside the target, fsynced, renamed over it, and the
 /// directory is fsynced. Disposing without <see cref="Commit"/> deletes the temporary.</summary>
-internal sealed partial class AtomicFile : IDisposable
+internal sealed class AtomicFile : IDisposable
 {
     private bool _committed;
 
@@ -30,7 +30,7 @@ internal sealed partial class AtomicFile : IDisposable
         Handle.Dispose();
         File.Move(TempPath, FinalPath, overwrite: true);
         _committed = true;
-        SyncDirectory(Path.GetDirectoryName(FinalPath)!);
+        NativeErrors.Check(Thaw.Interop.Native.Interop.ThawCore.SyncDirectory(Path.GetDirectoryName(FinalPath)!));
     }
 
     public void Dispose()
@@ -47,22 +47,4 @@ internal sealed partial class AtomicFile : IDisposable
             // Best effort: the temporary has a name no reader opens.
         }
     }
-
-    private static void SyncDirectory(string directory)
-    {
-        int fd = Open(directory, 0 /* O_RDONLY */);
-        if (fd < 0)
-            return;
-        _ = Fsync(fd);
-        _ = Close(fd);
-    }
-
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int Open(string path, int flags);
-
-    [LibraryImport("libc", EntryPoint = "fsync")]
-    private static partial int Fsync(int fd);
-
-    [LibraryImport("libc", EntryPoint = "close")]
-    private static partial int Close(int fd);
 }

@@ -96,6 +96,29 @@ public sealed class ThawEngine : IDisposable
         }
     }
 
+    /// <summary>Restores named tensors into caller-owned device memory, after checking
+    /// that each destination lies inside one allocation of this engine's device.</summary>
+    /// <exception cref="ThawMismatchException">A tensor the snapshot lacks, or a destination of the wrong size, dtype, shape or device.</exception>
+    public RestoreResult RestoreInto(Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, RestoreOptions? options = null)
+    {
+        options ??= new RestoreOptions();
+        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: !options.Verify);
+        foreach (RestoreTarget target in targets)
+        {
+            if (target.Capacity == 0)
+                continue;
+            try
+            {
+                CheckDestination(target.Address, target.Capacity);
+            }
+            catch (ThawMismatchException e)
+            {
+                throw new ThawMismatchException($"tensor '{target.Name}': {e.Message}");
+            }
+        }
+        return Restore(plan, options);
+    }
+
     /// <summary>Checks every region's checksum by streaming the whole file (no device copies).</summary>
     public RestoreResult Verify(Snapshot snapshot, Action<long, long>? progress = null, CancellationToken cancellationToken = default) =>
         Restore(RestorePlan.ReadOnly(snapshot), new RestoreOptions { Verify = true, Progress = progress, CancellationToken = cancellationToken });
