@@ -1,0 +1,23 @@
+"""Thaw: fast cold start for LLM inference.
+
+Snapshots of model weights restored at the speed of the hardware: one pipelined
+stream of large aligned reads into pinned memory and asynchronous copies to the GPU.
+"""
+from ._native import convert, verify
+from .errors import (ThawCanceledError, ThawChecksumError, ThawDeviceError, ThawError,
+                     ThawFormatError, ThawMismatchError, ThawOutOfMemoryError)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # torch is imported only when a torch helper is used, so info/convert/verify work without it.
+    if name in ("load_state_dict", "restore_into", "freeze", "info"):
+        from . import torch_io
+        return getattr(torch_io, name)
+    raise AttributeError(name)
+
+
+__all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
+           "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
+           "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

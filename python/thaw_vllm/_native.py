@@ -1,0 +1,174 @@
+"""ctypes binding of libthaw.so, the NativeAOT library built from src/Thaw.PyBridge.
+
+The library is looked up in order: $THAW_LIBRARY, the package's own lib/ folder
+(installed wheels), then the repository's build/publish/pybridge/ (a source checkout).
+"""
+import ctypes
+import json
+import os
+import threading
+from pathlib import Path
+
+from .errors import ThawError, from_code
+
+DEVICE_MOCK = 0
+DEVICE_CUDA = 1
+IO_MODES = {"auto": 0, "buffered": 1, "direct": 2}
+
+
+class EngineRequest(ctypes.Structure):
+    _fields_ = [
+        ("device_kind", ctypes.c_int32),
+        ("device_ordinal", ctypes.c_int32),
+        ("io_threads", ctypes.c_int32),
+        ("io_mode", ctypes.c_int32),
+        ("chunk_bytes", ctypes.c_int64),
+        ("staging_bytes", ctypes.c_int64),
+        ("verify", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+class TensorArray(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("names", ctypes.POINTER(ctypes.c_char_p)),
+        ("dtypes", ctypes.POINTER(ctypes.c_char_p)),
+        ("ndims", ctypes.POINTER(ctypes.c_int32)),
+        ("shapes", ctypes.POINTER(ctypes.c_int64)),
+        ("addresses", ctypes.POINTER(ctypes.c_uint64)),
+        ("capacities", ctypes.POINTER(ctypes.c_int64)),
+    ]
+
+
+class RestoreStats(ctypes.Structure):
+    _fields_ = [
+        ("bytes", ctypes.c_int64),
+        ("bytes_read", ctypes.c_int64),
+        ("seconds", ctypes.c_double),
+        ("io_mode", ctypes.c_int32),
+        ("threads", ctypes.c_int32),
+    ]
+
+
+_lock = threading.Lock()
+_library = None
+
+
+def _candidates():
+    env = os.environ.get("THAW_LIBRARY")
+    if env:
+        yield Path(env)
+    here = Path(__file__).resolve().parent
+    yield here / "lib" / "libthaw.so"
+    yield here.parent.parent / "build" / "publish" / "pybridge" / "libthaw.so"
+
+
+def library():
+    """Loads libthaw.so once per process."""
+    global _library
+    with _lock:
+        if _library is not None:
+            return _library
+        tried = []
+        for path in _candidates():
+            tried.append(str(path))
+            if path.is_file():
+                lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
+                _declare(lib)
+                _library = lib
+                return lib
+        raise ThawError("libthaw.so not found (tried: " + ", ".join(tried) +
+                        "); build it with scripts/build.sh or set THAW_LIBRARY")
+
+
+def _declare(lib):
+    c = ctypes
+    lib.thaw_abi_version.restype = c.c_int
+    lib.thaw_last_error.argtypes = [c.c_char_p, c.c_int64]
+    lib.thaw_last_error.restype = c.c_int
+    lib.thaw_free.argtypes = [c.c_void_p]
+    lib.thaw_free.restype = None
+    lib.thaw_device_count.argtypes = [c.c_int]
+    lib.thaw_snapshot_info.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
+    lib.thaw_restore.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.POINTER(RestoreStats)]
+    lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
+    lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
+    lib.thaw_verify.argtypes = [c.c_char_p]
+    for name in ("thaw_device_count", "thaw_snapshot_info", "thaw_restore", "thaw_freeze", "thaw_convert", "thaw_verify"):
+        getattr(lib, name).restype = c.c_int
+
+
+def _check(lib, code):
+    if code >= 0:
+        return code
+    size = lib.thaw_last_error(None, 0)
+    buffer = ctypes.create_string_buffer(size + 1)
+    lib.thaw_last_error(buffer, size + 1)
+    raise from_code(code, buffer.value.decode("utf-8", "replace"))
+
+
+def _path(path) -> bytes:
+    return os.fsencode(os.fspath(path))
+
+
+def snapshot_info(path) -> dict:
+    lib = library()
+    out = ctypes.c_void_p()
+    _check(lib, lib.thaw_snapshot_info(_path(path), ctypes.byref(out)))
+    try:
+        return json.loads(ctypes.string_at(out).decode("utf-8"))
+    finally:
+        lib.thaw_free(out)
+
+
+def device_count(kind: int) -> int:
+    lib = library()
+    return _check(lib, lib.thaw_device_count(kind))
+
+
+def make_request(kind, ordinal, io="auto", verify=False, threads=0, chunk_bytes=0, staging_bytes=0):
+    if io not in IO_MODES:
+        raise ValueError(f"io must be one of {sorted(IO_MODES)}, not {io!r}")
+    return EngineRequest(kind, ordinal, threads, IO_MODES[io], chunk_bytes, staging_bytes, int(bool(verify)), 0)
+
+
+class _Tensors:
+    """Keeps the ctypes arrays of one call alive while libthaw reads them."""
+
+    def __init__(self, names, dtypes, shapes, addresses, capacities=None):
+        n = len(names)
+        self.names = (ctypes.c_char_p * n)(*[x.encode("utf-8") for x in names])
+        self.dtypes = (ctypes.c_char_p * n)(*[x.encode("ascii") for x in dtypes])
+        self.ndims = (ctypes.c_int32 * n)(*[len(s) for s in shapes])
+        flat = [int(d) for s in shapes for d in s]
+        self.shapes = (ctypes.c_int64 * max(1, len(flat)))(*flat)
+        self.addresses = (ctypes.c_uint64 * n)(*addresses)
+        self.capacities = (ctypes.c_int64 * n)(*(capacities or [0] * n))
+        self.array = TensorArray(n, 0, self.names, self.dtypes, self.ndims, self.shapes, self.addresses, self.capacities)
+
+
+def restore(path, request, names, dtypes, shapes, addresses, capacities) -> RestoreStats:
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
+    stats = RestoreStats()
+    _check(lib, lib.thaw_restore(_path(path), ctypes.byref(request), ctypes.byref(tensors.array), ctypes.byref(stats)))
+    return stats
+
+
+def freeze(path, request, names, dtypes, shapes, addresses, metadata=None, tp_rank=0, tp_world_size=1):
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses)
+    meta = json.dumps(metadata).encode("utf-8") if metadata else None
+    _check(lib, lib.thaw_freeze(_path(path), ctypes.byref(request), ctypes.byref(tensors.array), meta, tp_rank, tp_world_size))
+
+
+def convert(checkpoint, output):
+    lib = library()
+    _check(lib, lib.thaw_convert(_path(checkpoint), _path(output)))
+
+
+def verify(path):
+    lib = library()
+    _check(lib, lib.thaw_verify(_path(path)))

@@ -1,0 +1,188 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using Thaw.Interop;
+using Thaw.Interop.Format;
+using Thaw.Interop.Freeze;
+using Thaw.Interop.Restore;
+using Thaw.Interop.Safetensors;
+
+namespace Thaw.PyBridge;
+
+/// <summary>The C ABI that the Python shim calls through ctypes (python/thaw_vllm/_native.py).
+/// Every export returns 0 on success or the negative <see cref="ThawErrorKind"/> of the
+/// failure, whose message thaw_last_error returns; no exception crosses into the caller.</summary>
+public static unsafe class Exports
+{
+    [ThreadStatic] private static byte[]? t_lastError;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct EngineRequest
+    {
+        public int DeviceKind;
+        public int DeviceOrdinal;
+        public int IoThreads;
+        public int IoMode;
+        public long ChunkBytes;
+        public long StagingBytes;
+        public int Verify;
+        public int Reserved;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct TensorArray
+    {
+        public int Count;
+        public int Reserved;
+        public byte** Names;
+        public byte** DTypes;       // may be null: no dtype check
+        public int* Ndims;          // may be null: no shape check
+        public long* Shapes;        // concatenated dimensions
+        public ulong* Addresses;
+        public long* Capacities;    // restore only
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct RestoreStatsOut
+    {
+        public long Bytes;
+        public long BytesRead;
+        public double Seconds;
+        public int IoMode;
+        public int Threads;
+    }
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_abi_version")]
+    public static int AbiVersion() => 1;
+
+    /// <summary>Copies the calling thread's last error (UTF-8, NUL-terminated, truncated to fit); returns its full length.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_last_error")]
+    public static int LastError(byte* buffer, long capacity)
+    {
+        byte[] message = t_lastError ?? [];
+        if (buffer != null && capacity > 0)
+        {
+            int n = (int)Math.Min(message.Length, capacity - 1);
+            message.AsSpan(0, n).CopyTo(new Span<byte>(buffer, n));
+            buffer[n] = 0;
+        }
+        return message.Length;
+    }
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_free")]
+    public static void Free(void* pointer) => NativeMemory.Free(pointer);
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_device_count")]
+    public static int DeviceCount(int kind) => Guard(() => ThawEngine.DeviceCount((DeviceKind)kind));
+
+    /// <summary>Describes a snapshot as JSON in memory the caller releases with thaw_free.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_snapshot_info")]
+    public static int SnapshotInfo(byte* path, byte** jsonOut) => Guard(() =>
+    {
+        Snapshot s = SnapshotReader.Read(Text(path, "path"));
+        *jsonOut = ToNative(SnapshotJson.Describe(s));
+        return 0;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_restore")]
+    public static int Restore(byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) => Guard(() =>
+    {
+        Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
+        var targets = new List<RestoreTarget>(tensors->Count);
+        long* shape = tensors->Shapes;
+        for (int i = 0; i < tensors->Count; i++)
+        {
+            string name = Text(tensors->Names[i], "tensor name");
+            DType? dtype = tensors->DTypes == null ? null : ParseDType(Text(tensors->DTypes[i], "dtype"));
+            long[]? dims = null;
+            if (tensors->Ndims != null)
+            {
+                dims = new ReadOnlySpan<long>(shape, tensors->Ndims[i]).ToArray();
+                shape += tensors->Ndims[i];
+            }
+            targets.Add(new RestoreTarget(name, tensors->Addresses[i], tensors->Capacities[i], dtype, dims));
+        }
+        ThawEngine engine = Engines.Get(*request);
+        RestoreResult r = engine.RestoreInto(snapshot, targets, new RestoreOptions
+        {
+            IoMode = (IoMode)request->IoMode,
+            Verify = request->Verify != 0,
+        });
+        if (stats != null)
+            *stats = new RestoreStatsOut { Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads };
+        return 0;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_freeze")]
+    public static int Freeze(byte* path, EngineRequest* request, TensorArray* tensors, byte* metadataJson, int tpRank, int tpWorldSize) => Guard(() =>
+    {
+        var sources = new List<TensorSource>(tensors->Count);
+        long* shape = tensors->Shapes;
+        for (int i = 0; i < tensors->Count; i++)
+        {
+            long[] dims = new ReadOnlySpan<long>(shape, tensors->Ndims[i]).ToArray();
+            shape += tensors->Ndims[i];
+            sources.Add(new TensorSource(Text(tensors->Names[i], "tensor name"), ParseDType(Text(tensors->DTypes[i], "dtype")), dims, tensors->Addresses[i]));
+        }
+        var metadata = metadataJson == null ? null : SnapshotJson.ParseMetadata(Text(metadataJson, "metadata"));
+        ThawEngine engine = Engines.Get(*request);
+        SnapshotWriter.Write(engine, Text(path, "path"), sources, metadata, tpRank, tpWorldSize);
+        return 0;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_convert")]
+    public static int Convert(byte* checkpoint, byte* output) => Guard(() =>
+    {
+        CheckpointConverter.Convert(Text(checkpoint, "checkpoint"), Text(output, "output"), Engines.Get(default));
+        return 0;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "thaw_verify")]
+    public static int Verify(byte* path) => Guard(() =>
+    {
+        Engines.Get(default).Verify(SnapshotReader.Read(Text(path, "path")));
+        return 0;
+    });
+
+    private static DType ParseDType(string name) =>
+        DTypes.TryParse(name, out DType dtype) ? dtype : throw new ArgumentException($"unknown dtype '{name}'");
+
+    private static string Text(byte* utf8, string what) =>
+        utf8 == null ? throw new ArgumentException($"{what} is null") : Marshal.PtrToStringUTF8((nint)utf8)!;
+
+    private static byte* ToNative(string text)
+    {
+        int n = Encoding.UTF8.GetByteCount(text);
+        byte* p = (byte*)NativeMemory.Alloc((nuint)n + 1);
+        Encoding.UTF8.GetBytes(text, new Span<byte>(p, n));
+        p[n] = 0;
+        return p;
+    }
+
+    /// <summary>Runs an export's body; turns every exception into a return code and a message.</summary>
+    private static int Guard(Func<int> body)
+    {
+        t_lastError = null;
+        try
+        {
+            return body();
+        }
+        catch (Exception e)
+        {
+            ThawErrorKind kind = e switch
+            {
+                ThawException t => t.Kind,
+                FileNotFoundException or DirectoryNotFoundException => ThawErrorKind.NotFound,
+                OperationCanceledException => ThawErrorKind.Canceled,
+                ArgumentException => ThawErrorKind.InvalidArgument,
+                OutOfMemoryException => ThawErrorKind.OutOfHostMemory,
+                IOException or UnauthorizedAccessException => ThawErrorKind.Io,
+                _ => ThawErrorKind.Unknown,
+            };
+            string message = kind == ThawErrorKind.Unknown ? $"{e.GetType().Name}: {e.Message}" : e.Message;
+            t_lastError = Encoding.UTF8.GetBytes(message);
+            return -(int)kind;
+        }
+    }
+}
