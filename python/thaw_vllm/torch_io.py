@@ -48,9 +48,15 @@ def _device_request(device: torch.device, **engine_options):
 
 def _tensors_of(module_or_state_dict) -> dict:
     if isinstance(module_or_state_dict, torch.nn.Module):
-        named = dict(module_or_state_dict.named_parameters(remove_duplicate=False))
-        named.update(module_or_state_dict.named_buffers(remove_duplicate=False))
-        return {name: t.data if isinstance(t, torch.nn.Parameter) else t for name, t in named.items()}
+        # Every name of every parameter and buffer (non-persistent ones too, aliases of
+        # tied weights too); walked by hand since older torch lacks remove_duplicate here.
+        named = {}
+        for prefix, module in module_or_state_dict.named_modules(remove_duplicate=False):
+            owned = list(module._parameters.items()) + list(module._buffers.items())
+            for name, tensor in owned:
+                if tensor is not None:
+                    named[f"{prefix}.{name}" if prefix else name] = tensor.data
+        return named
     return dict(module_or_state_dict)
 
 

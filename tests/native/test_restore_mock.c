@@ -64,7 +64,7 @@ int main(void)
     CHECK(truncate(path, 65536 + 100) == 0);
     CHECK(restore(e, path, dst, THAWCORE_IO_BUFFERED, NULL, NULL, NULL) == THAWCORE_ERR_SHORT_READ);
     CHECK(strstr(thawcore_last_error(), path) != NULL);
-    CHECK(strstr(thawcore_last_error(), "region 3") != NULL); /* ends past the cut */
+    CHECK(strstr(thawcore_last_error(), "is truncated") != NULL); /* region 3 or 4, whichever lane got there first */
 
     /* Missing file. */
     CHECK(restore(e, "/nonexistent/snapshot.thaw", dst, THAWCORE_IO_BUFFERED, NULL, NULL, NULL) == -2);

@@ -265,7 +265,7 @@ static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_j
         uint64_t end = seg_end < chunk_end ? seg_end : chunk_end;
         if (end > valid_end) {
             int code = thaw_fail(THAWCORE_ERR_SHORT_READ,
-                                 "%s is truncated: region %u needs bytes up to offset %llu, the file ends at %llu",
+                                 "%s is truncated: region %u needs bytes up to offset %llu, the file ends before %llu",
                                  job->path, seg->region, (unsigned long long)end, (unsigned long long)valid_end);
             record_failure(job, code, seg->region);
             return code;

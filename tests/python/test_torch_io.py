@@ -1,0 +1,122 @@
+"""The Python shim over libthaw.so, on CPU tensors through the mock device."""
+import json
+import struct
+
+import pytest
+import torch
+
+import thaw_vllm
+from thaw_vllm.torch_io import TORCH_DTYPES
+
+
+def random_tensor(dtype, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size(),),
+                        dtype=torch.uint8, generator=g)
+    return raw.view(dtype).reshape(shape).clone()
+
+
+def bytes_of(t):
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes()
+
+
+def test_every_torch_dtype_round_trips_bit_exactly(tmp_path):
+    state = {f"t.{name}": random_tensor(dtype, (3, 17), i) for i, (name, dtype) in enumerate(TORCH_DTYPES.items())
+             if dtype != torch.bool}
+    state["mask"] = torch.tensor([True, False, True])
+    state["scalar"] = torch.tensor(2.5)
+    path = tmp_path / "all.thaw"
+    thaw_vllm.freeze(state, path, metadata={"model": "unit"})
+    back = thaw_vllm.load_state_dict(path)
+    assert set(back) == set(state)
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
+        assert bytes_of(back[name]) == bytes_of(tensor), name
+    assert thaw_vllm.info(path)["metadata"] == {"model": "unit"}
+
+
+def test_restore_into_a_module_with_tied_weights(tmp_path):
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=True))
+    source[1].weight = source[0].weight  # tied, as embed/lm_head often are
+    source.register_buffer("rope", torch.randn(8), persistent=False)
+    path = tmp_path / "model.thaw"
+    thaw_vllm.freeze(source, path)
+
+    target = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=True))
+    target[1].weight = target[0].weight
+    target.register_buffer("rope", torch.zeros(8), persistent=False)
+    stats = thaw_vllm.restore_into(target, path, verify=True)
+    assert stats["bytes"] > 0
+    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(source.rope, target.rope)
+    assert target[1].weight.data_ptr() == target[0].weight.data_ptr()
+
+
+def test_mismatches_raise_clear_errors(tmp_path):
+    path = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"w": torch.randn(4, 4)}, path)
+    with pytest.raises(thaw_vllm.ThawMismatchError, match="float|F32|F16"):
+        thaw_vllm.restore_into({"w": torch.zeros(4, 4, dtype=torch.float16)}, path)
+    with pytest.raises(thaw_vllm.ThawMismatchError, match=r"shape \[4, 4\]"):
+        thaw_vllm.restore_into({"w": torch.zeros(2, 8)}, path)
+    with pytest.raises(thaw_vllm.ThawMismatchError, match="missing"):
+        thaw_vllm.restore_into({"w": torch.zeros(4, 4), "extra": torch.zeros(1)}, path)
+    with pytest.raises(thaw_vllm.ThawMismatchError, match="contiguous"):
+        thaw_vllm.restore_into({"w": torch.zeros(4, 4).t()}, path)
+    destination = {"w": torch.zeros(4, 4), "extra": torch.zeros(1)}
+    thaw_vllm.restore_into(destination, path, strict=False)
+    assert destination["w"].abs().sum() > 0
+
+
+def test_bad_files_raise_typed_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        thaw_vllm.load_state_dict(tmp_path / "absent.thaw")
+    foreign = tmp_path / "foreign.thaw"
+    foreign.write_bytes(b"PK\x03\x04" + b"\0" * 200)
+    with pytest.raises(thaw_vllm.ThawFormatError, match="not a Thaw snapshot"):
+        thaw_vllm.info(foreign)
+    path = tmp_path / "ok.thaw"
+    thaw_vllm.freeze({"w": torch.randn(1000)}, path)
+    data = bytearray(path.read_bytes())
+    data[-4096 + 10] ^= 0xFF  # inside the region of w, whose data starts at the last 4 KiB block
+    corrupt = tmp_path / "corrupt.thaw"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(thaw_vllm.ThawChecksumError, match="region 0"):
+        thaw_vllm.verify(corrupt)
+    with pytest.raises(thaw_vllm.ThawChecksumError):
+        thaw_vllm.load_state_dict(corrupt, verify=True)
+    truncated = tmp_path / "truncated.thaw"
+    truncated.write_bytes(bytes(data[:-100]))
+    with pytest.raises(thaw_vllm.ThawFormatError, match="truncated"):
+        thaw_vllm.load_state_dict(truncated)
+
+
+def write_safetensors(path, tensors):
+    """An independent, minimal safetensors writer (the format's README)."""
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    names = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
+    for name, t in tensors.items():
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype != torch.bfloat16 else \
+            t.view(torch.int16).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+
+
+def test_convert_a_safetensors_checkpoint_then_load(tmp_path):
+    tensors = {"embed": torch.randn(30, 8).half(), "norm": torch.randn(8),
+               "proj": torch.randn(8, 8).to(torch.bfloat16), "step": torch.tensor([7], dtype=torch.int64)}
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    write_safetensors(checkpoint / "model.safetensors", tensors)
+    out = tmp_path / "ckpt.thaw"
+    thaw_vllm.convert(checkpoint, out)
+    thaw_vllm.verify(out)
+    back = thaw_vllm.load_state_dict(out)
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t), name
