@@ -53,8 +53,8 @@ typedef struct thawcore_engine_options {
     uint32_t struct_size;       /* sizeof(thawcore_engine_options) */
     int32_t device_kind;        /* enum thawcore_device_kind */
     int32_t device_ordinal;
-    uint32_t io_threads;        /* reader threads; 0 = default (min(8, cores)) */
-    uint64_t chunk_bytes;       /* staging chunk; multiple of 4096; 0 = 16 MiB */
+    uint32_t io_threads;        /* reader threads; 0 = default (min(16, cores)) */
+    uint64_t chunk_bytes;       /* staging chunk; multiple of 4096; 0 = 8 MiB */
     uint64_t staging_bytes;     /* pinned staging in total; 0 = 512 MiB */
 } thawcore_engine_options;
 

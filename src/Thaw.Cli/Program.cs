@@ -28,7 +28,7 @@ internal static class Program
                                             write a synthetic Llama-shaped safetensors checkpoint
 
         engine options (convert, verify, restore):
-          --threads N  --chunk-mib N  --staging-mib N   (defaults: 8 threads, 16 MiB, 512 MiB)
+          --threads N  --chunk-mib N  --staging-mib N   (defaults: a thread a core up to 16, 8 MiB, 512 MiB)
           --quiet                           no progress on stderr
         """;
 

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_CHUNK (16ull << 20)
+#define DEFAULT_CHUNK (8ull << 20)
 #define DEFAULT_STAGING (512ull << 20)
 #define MAX_THREADS 64
 #define ALIGN 4096ull
@@ -92,7 +92,8 @@ int thawcore_engine_create(const thawcore_engine_options *options, thawcore_engi
         return thaw_fail(-EINVAL, "staging memory (%llu bytes) is smaller than one chunk (%llu bytes)",
                          (unsigned long long)staging, (unsigned long long)chunk);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    uint32_t lanes = options->io_threads ? options->io_threads : (uint32_t)(cores > 8 ? 8 : (cores < 1 ? 1 : cores));
+    /* One lane a core, up to 16: warm restores are bound by page-cache copies, which scale with threads. */
+    uint32_t lanes = options->io_threads ? options->io_threads : (uint32_t)(cores > 16 ? 16 : (cores < 1 ? 1 : cores));
     if (lanes > MAX_THREADS)
         lanes = MAX_THREADS;
     uint64_t total_slots = staging / chunk;
@@ -275,8 +276,7 @@ static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_j
             uint64_t dst = seg->device_address + (start - seg->file_offset);
             int rc = e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
             if (rc) {
-                int code = thaw_fail(rc, "copying region %u of %s to the device: %s", seg->region, job->path,
-                                     thaw_error_text());
+                int code = thaw_fail_context(rc, "copying region %u of %s to the device", seg->region, job->path);
                 record_failure(job, code, seg->region);
                 return code;
             }
@@ -564,7 +564,7 @@ static void *write_lane_main(void *arg)
                 src = (const unsigned char *)(uintptr_t)(seg->device_address + off);
             } else {
                 if ((rc = e->dev.ops->copy_d2h(&e->dev, staging, seg->device_address + off, n))) {
-                    rc = thaw_fail(rc, "reading region %u back from the device: %s", seg->region, thaw_error_text());
+                    rc = thaw_fail_context(rc, "reading region %u back from the device", seg->region);
                     break;
                 }
                 src = staging;

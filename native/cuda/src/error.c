@@ -16,6 +16,19 @@ int thaw_fail(int code, const char *format, ...)
     return code;
 }
 
+int thaw_fail_context(int code, const char *format, ...)
+{
+    char inner[sizeof last_error];
+    snprintf(inner, sizeof inner, "%s", last_error);
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(last_error, sizeof last_error, format, args);
+    va_end(args);
+    if (n >= 0 && (size_t)n < sizeof last_error)
+        snprintf(last_error + n, sizeof last_error - (size_t)n, ": %s", inner);
+    return code;
+}
+
 void thaw_set_error_text(const char *text)
 {
     snprintf(last_error, sizeof last_error, "%s", text);

@@ -7,7 +7,7 @@ public enum DeviceKind
     Cuda = 1,
 }
 
-/// <summary>Engine sizing; zeros take the core's defaults (8 threads, 16 MiB chunks, 512 MiB staging).</summary>
+/// <summary>Engine sizing; zeros take the core's defaults (a thread a core up to 16, 8 MiB chunks, 512 MiB staging).</summary>
 public sealed record EngineSettings
 {
     public int IoThreads { get; init; }

@@ -102,7 +102,9 @@ public sealed class ThawEngine : IDisposable
     public RestoreResult RestoreInto(Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, RestoreOptions? options = null)
     {
         options ??= new RestoreOptions();
-        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: !options.Verify);
+        // No merging across targets: two caller allocations can be adjacent in the address
+        // space, and one device copy must not span two allocations.
+        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: false);
         foreach (RestoreTarget target in targets)
         {
             if (target.Capacity == 0)
