@@ -134,8 +134,11 @@ int thawcore_engine_write(thawcore_engine *engine, int fd,
                           thawcore_progress_fn progress, void *progress_user);
 
 /* Fails with THAWCORE_ERR_BAD_DESTINATION unless [address, address+length) lies
- * inside one allocation of this engine's device. */
-int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address, uint64_t length);
+ * inside one allocation of this engine's device. When allocation_out is not NULL it
+ * receives the start of that allocation (on the mock: address itself), so callers can
+ * tell which destinations share one allocation. */
+int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address, uint64_t length,
+                                      uint64_t *allocation_out);
 
 int thawcore_engine_device_alloc(thawcore_engine *engine, uint64_t length, uint64_t *address_out);
 int thawcore_engine_device_free(thawcore_engine *engine, uint64_t address);

@@ -110,7 +110,7 @@ internal static partial class Interop
             delegate* unmanaged<nint, ulong, ulong, void> progress, nint progressUser);
 
         [LibraryImport(Library, EntryPoint = "thawcore_engine_check_destination")]
-        internal static partial int EngineCheckDestination(EngineHandle engine, ulong address, ulong length);
+        internal static partial int EngineCheckDestination(EngineHandle engine, ulong address, ulong length, out ulong allocation);
 
         [LibraryImport(Library, EntryPoint = "thawcore_engine_device_alloc")]
         internal static partial int EngineDeviceAlloc(EngineHandle engine, ulong length, out ulong address);

@@ -110,10 +110,19 @@ def restore_into(module_or_state_dict, path, strict: bool = True, **engine_optio
 
 
 def load_state_dict(path, device="cpu", **engine_options) -> dict:
-    """Allocates a tensor per snapshot region on device and restores into them."""
+    """Restores a snapshot into new tensors on device.
+
+    The tensors are views of one allocation laid out as the snapshot's data section:
+    one allocation instead of hundreds, and copies that run across tensor boundaries.
+    Their memory is released when the last of them is.
+    """
     device = torch.device(device)
     header = info(path)
-    state = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"]), device=device) for t in header["tensors"]}
+    arena = torch.empty(header["file_length"] - header["data_offset"], dtype=torch.uint8, device=device)
+    state = {}
+    for t in header["tensors"]:
+        region = arena[t["offset"]:t["offset"] + t["length"]]
+        state[t["name"]] = region.view(torch_dtype(t["dtype"])).reshape(t["shape"])
     restore_into(state, path, strict=True, **engine_options)
     return state
 

@@ -46,6 +46,15 @@ public class PlanTests
     }
 
     [Test]
+    public void AdjacentDestinationsInDifferentAllocationsAreNotMerged()
+    {
+        Snapshot s = MakeSnapshot(4096, 4096);
+        List<RestoreTarget> targets = IntoOneBuffer(s, 0x10000);
+        Assert.That(RestorePlan.Create(s, targets, allocations: [0x10000, 0x11000]).SegmentCount, Is.EqualTo(2));
+        Assert.That(RestorePlan.Create(s, targets, allocations: [0x10000, 0x10000]).SegmentCount, Is.EqualTo(1));
+    }
+
+    [Test]
     public void DistantRegionsGetSeparateExtents()
     {
         Snapshot s = MakeSnapshot(4096, RestorePlan.MaxExtentGap + 8192, 4096);

@@ -14,8 +14,9 @@ int main(void)
     CHECK(e);
     uint64_t dev;
     CHECK(thawcore_engine_device_alloc(e, length, &dev) == 0);
-    CHECK(thawcore_engine_check_destination(e, dev, length) == 0);
-    CHECK(thawcore_engine_check_destination(e, dev, length + 4096) == THAWCORE_ERR_BAD_DESTINATION);
+    uint64_t allocation = 0;
+    CHECK(thawcore_engine_check_destination(e, dev + 4096, length - 4096, &allocation) == 0 && allocation == dev);
+    CHECK(thawcore_engine_check_destination(e, dev, length + 4096, NULL) == THAWCORE_ERR_BAD_DESTINATION);
     thawcore_segment seg = { 0, length, dev, 0, 0 };
     thawcore_extent extent = { 0, length, 0, 1 };
     uint32_t crc = thawcore_crc32c(0, data, length);

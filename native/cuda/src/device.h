@@ -23,7 +23,7 @@ typedef struct thaw_device_ops {
     int (*event_record)(thaw_device *dev, void *event, void *stream);
     int (*event_wait)(thaw_device *dev, void *event);
     int (*stream_wait)(thaw_device *dev, void *stream);
-    int (*check_range)(thaw_device *dev, uint64_t address, uint64_t length);
+    int (*check_range)(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out);
     int (*mem_alloc)(thaw_device *dev, uint64_t length, uint64_t *out);
     int (*mem_free)(thaw_device *dev, uint64_t address);
     int (*mem_info)(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);

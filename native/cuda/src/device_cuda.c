@@ -218,7 +218,7 @@ static int cuda_stream_wait(thaw_device *dev, void *stream)
     return 0;
 }
 
-static int cuda_check_range(thaw_device *dev, uint64_t address, uint64_t length)
+static int cuda_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
 {
     CUdeviceptr start = 0;
     size_t size = 0;
@@ -237,6 +237,7 @@ static int cuda_check_range(thaw_device *dev, uint64_t address, uint64_t length)
                          "destination 0x%llx+%llu runs past its allocation (0x%llx+%zu)",
                          (unsigned long long)address, (unsigned long long)length,
                          (unsigned long long)start, size);
+    *allocation_out = start;
     return 0;
 }
 

@@ -45,9 +45,10 @@ static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t lengt
 static int mock_event_record(thaw_device *dev, void *event, void *stream) { (void)dev; (void)event; (void)stream; return 0; }
 static int mock_wait(thaw_device *dev, void *token) { (void)dev; (void)token; return 0; }
 
-static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length)
+static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
 {
     (void)dev;
+    *allocation_out = address; /* host memory: nothing says which buffers belong together */
     if (address == 0 || address + length < address)
         return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
                          "mock device: destination 0x%llx+%llu is not a valid range",

@@ -640,13 +640,19 @@ int thawcore_engine_write(thawcore_engine *e, int fd, const thawcore_segment *se
 
 /* ---- device memory helpers ---- */
 
-int thawcore_engine_check_destination(thawcore_engine *e, uint64_t address, uint64_t length)
+int thawcore_engine_check_destination(thawcore_engine *e, uint64_t address, uint64_t length,
+                                      uint64_t *allocation_out)
 {
     thaw_clear_error();
     if (!e)
         return thaw_fail(-EINVAL, "no engine");
+    uint64_t allocation = 0;
     int rc = e->dev.ops->bind_thread(&e->dev);
-    return rc ? rc : e->dev.ops->check_range(&e->dev, address, length);
+    if (!rc)
+        rc = e->dev.ops->check_range(&e->dev, address, length, &allocation);
+    if (!rc && allocation_out)
+        *allocation_out = allocation;
+    return rc;
 }
 
 int thawcore_engine_device_alloc(thawcore_engine *e, uint64_t length, uint64_t *address_out)

@@ -37,13 +37,17 @@ public sealed class RestorePlan
 
     /// <summary>Plans a restore of the given tensors.</summary>
     /// <param name="mergeSegments">Merge file- and device-adjacent regions into one copy (not with verification, which checks each region).</param>
+    /// <param name="allocations">Per target, the start of the allocation it lies in: only targets of the same
+    /// allocation merge. Null means all targets lie in one allocation.</param>
     /// <exception cref="ThawMismatchException">A name the snapshot lacks, a destination too small, or a dtype/shape that differs.</exception>
-    public static RestorePlan Create(Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool mergeSegments = true)
+    public static RestorePlan Create(Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool mergeSegments = true,
+        IReadOnlyList<ulong>? allocations = null)
     {
-        var chosen = new List<(int Region, ulong Address)>(targets.Count);
+        var chosen = new List<(int Region, ulong Address, ulong Allocation)>(targets.Count);
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (RestoreTarget target in targets)
+        for (int i = 0; i < targets.Count; i++)
         {
+            RestoreTarget target = targets[i];
             if (!seen.Add(target.Name))
                 throw new ThawMismatchException($"{snapshot.Path}: tensor '{target.Name}' is requested twice");
             int region = snapshot.IndexOf(target.Name);
@@ -58,27 +62,28 @@ public sealed class RestorePlan
                 throw new ThawMismatchException($"{snapshot.Path}: the destination of tensor '{entry.Name}' holds {target.Capacity} bytes, the snapshot region has {entry.Length}");
             if (target.Address == 0 && entry.Length > 0)
                 throw new ArgumentException($"tensor '{entry.Name}': destination address is null");
-            chosen.Add((region, target.Address));
+            chosen.Add((region, target.Address, allocations?[i] ?? 0));
         }
         return Build(snapshot, chosen, mergeSegments);
     }
 
     /// <summary>Plans reading every region without copying it anywhere (verification).</summary>
     public static RestorePlan ReadOnly(Snapshot snapshot) =>
-        Build(snapshot, Enumerable.Range(0, snapshot.Tensors.Count).Select(r => (r, 0UL)).ToList(), mergeSegments: false);
+        Build(snapshot, Enumerable.Range(0, snapshot.Tensors.Count).Select(r => (r, 0UL, 0UL)).ToList(), mergeSegments: false);
 
     /// <summary>Plans restoring every region into one buffer laid out as the file's data section.</summary>
     public static RestorePlan IntoArena(Snapshot snapshot, ulong arenaAddress) =>
         Build(snapshot, Enumerable.Range(0, snapshot.Tensors.Count)
-            .Select(r => (r, arenaAddress + (ulong)snapshot.Tensors[r].Offset)).ToList(), mergeSegments: true);
+            .Select(r => (r, arenaAddress + (ulong)snapshot.Tensors[r].Offset, arenaAddress)).ToList(), mergeSegments: true);
 
-    private static RestorePlan Build(Snapshot snapshot, List<(int Region, ulong Address)> chosen, bool mergeSegments)
+    private static RestorePlan Build(Snapshot snapshot, List<(int Region, ulong Address, ulong Allocation)> chosen, bool mergeSegments)
     {
         chosen.Sort((a, b) => snapshot.Tensors[a.Region].Offset.CompareTo(snapshot.Tensors[b.Region].Offset));
         var extents = new List<Extent>();
         var segments = new List<Segment>(chosen.Count);
         long bytes = 0;
-        foreach (var (region, address) in chosen)
+        ulong previousAllocation = 0;
+        foreach (var (region, address, allocation) in chosen)
         {
             TensorEntry entry = snapshot.Tensors[region];
             if (entry.Length == 0)
@@ -98,7 +103,7 @@ public sealed class RestorePlan
                 Segment previous = segments[^1];
                 bool adjacent = previous.FileOffset + previous.Length == start &&
                     (address == 0 ? previous.DeviceAddress == 0 : previous.DeviceAddress + previous.Length == address);
-                if (mergeSegments && adjacent)
+                if (mergeSegments && adjacent && allocation == previousAllocation)
                 {
                     previous.Length += (ulong)entry.Length;
                     segments[^1] = previous;
@@ -110,6 +115,7 @@ public sealed class RestorePlan
                 extents.Add(new Extent { FileOffset = start, Length = alignedEnd - start, FirstSegment = (uint)segments.Count });
             }
             segments.Add(new Segment { FileOffset = start, Length = (ulong)entry.Length, DeviceAddress = address, Region = (uint)region });
+            previousAllocation = allocation;
             Extent current = extents[^1];
             current.SegmentCount = (uint)segments.Count - current.FirstSegment;
             extents[^1] = current;

@@ -102,22 +102,23 @@ public sealed class ThawEngine : IDisposable
     public RestoreResult RestoreInto(Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, RestoreOptions? options = null)
     {
         options ??= new RestoreOptions();
-        // No merging across targets: two caller allocations can be adjacent in the address
-        // space, and one device copy must not span two allocations.
-        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: false);
-        foreach (RestoreTarget target in targets)
+        // Copies merge only inside one allocation: two allocations can sit side by side in
+        // the address space, and one device copy must not span them.
+        var allocations = new ulong[targets.Count];
+        for (int i = 0; i < targets.Count; i++)
         {
-            if (target.Capacity == 0)
+            if (targets[i].Capacity == 0)
                 continue;
             try
             {
-                CheckDestination(target.Address, target.Capacity);
+                allocations[i] = CheckDestination(targets[i].Address, targets[i].Capacity);
             }
             catch (ThawMismatchException e)
             {
-                throw new ThawMismatchException($"tensor '{target.Name}': {e.Message}");
+                throw new ThawMismatchException($"tensor '{targets[i].Name}': {e.Message}");
             }
         }
+        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: !options.Verify, allocations);
         return Restore(plan, options);
     }
 
@@ -152,9 +153,13 @@ public sealed class ThawEngine : IDisposable
         }
     }
 
+    /// <summary>Checks that the range lies inside one allocation of this device; returns that allocation's start.</summary>
     /// <exception cref="ThawMismatchException">The range is not inside one allocation of this device.</exception>
-    public void CheckDestination(ulong address, long length) =>
-        NativeErrors.Check(EngineCheckDestination(_handle, address, (ulong)length));
+    public ulong CheckDestination(ulong address, long length)
+    {
+        NativeErrors.Check(EngineCheckDestination(_handle, address, (ulong)length, out ulong allocation));
+        return allocation;
+    }
 
     /// <exception cref="ThawDeviceException">Out of device memory.</exception>
     public ulong Allocate(long length)
