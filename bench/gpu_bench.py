@@ -247,9 +247,9 @@ def main():
     for round_index in range(args.cold_runs):
         if not drop_caches():
             break
-        out = subprocess.run([str(DIRECT_READ), str(snapshot), "16", "16"], capture_output=True, text=True, check=True).stdout
-        log("direct_read:", out.strip())
-        cold_ceiling.append(float(out.split()[2]))  # seconds to read the whole file
+        reading = subprocess.run([str(DIRECT_READ), str(snapshot), "16", "16"], capture_output=True, text=True, check=True).stdout
+        log("direct_read:", reading.strip())
+        cold_ceiling.append(float(reading.split()[2]))  # seconds to read the whole file
         for name, setup, fn, _ in methods:
             if name == "thaw restore_into (preallocated)":
                 continue
