@@ -57,6 +57,33 @@ public class RestoreTests
     }
 
     [Test]
+    public void VerifiedRestoreIntoAnArenaChecksEveryRegionEvenWhenCopiesMerge()
+    {
+        // Page-multiple tensors are adjacent in the file and in the arena: their copies merge.
+        var tensors = Enumerable.Range(0, 5).Select(i => new TestFiles.HostTensor($"w{i}", DType.F32, [1024 * (i + 1)], i)).ToList();
+        using var engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 65536, IoThreads = 2 });
+        string path = _files.PathOf("merged.thaw");
+        Snapshot s = TestFiles.Freeze(engine, path, tensors);
+        ulong arena = engine.Allocate(s.DataLength);
+        try
+        {
+            RestorePlan plan = RestorePlan.IntoArena(s, arena);
+            Assert.That(plan.SegmentCount, Is.EqualTo(1), "the copies merged");
+            Assert.That(engine.Restore(plan, new RestoreOptions { Verify = true }).Bytes, Is.EqualTo(s.TensorBytes));
+            byte[] bytes = File.ReadAllBytes(path);
+            bytes[s.FileOffsetOf(s.Tensors[3]) + 5] ^= 0x40;
+            File.WriteAllBytes(path, bytes);
+            Assert.That(() => engine.Restore(plan, new RestoreOptions { Verify = true }),
+                Throws.TypeOf<ThawChecksumException>().With.Message.Contains("region 3"));
+        }
+        finally
+        {
+            engine.Free(arena);
+            tensors.ForEach(t => t.Dispose());
+        }
+    }
+
+    [Test]
     public void PartialRestoreWritesOnlyTheRequestedTensors()
     {
         List<TestFiles.HostTensor> tensors = ModelTensors(6, 11);

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -27,6 +28,7 @@ enum {
     CU_MEMHOSTALLOC_PORTABLE = 1,
     CU_STREAM_NON_BLOCKING = 1,
     CU_EVENT_DISABLE_TIMING = 2,
+    CU_MEMHOSTREGISTER_PORTABLE = 1,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
     CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
     CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
@@ -42,6 +44,8 @@ static struct {
     CUresult (*cuCtxSetCurrent)(CUcontext);
     CUresult (*cuMemHostAlloc)(void **, size_t, unsigned);
     CUresult (*cuMemFreeHost)(void *);
+    CUresult (*cuMemHostRegister)(void *, size_t, unsigned);
+    CUresult (*cuMemHostUnregister)(void *);
     CUresult (*cuMemAlloc)(CUdeviceptr *, size_t);
     CUresult (*cuMemFree)(CUdeviceptr);
     CUresult (*cuMemGetInfo)(size_t *, size_t *);
@@ -82,6 +86,8 @@ static void load_driver(void)
         SYM(cuCtxSetCurrent, "cuCtxSetCurrent"),
         SYM(cuMemHostAlloc, "cuMemHostAlloc"),
         SYM(cuMemFreeHost, "cuMemFreeHost"),
+        SYM(cuMemHostRegister, "cuMemHostRegister_v2"),
+        SYM(cuMemHostUnregister, "cuMemHostUnregister"),
         SYM(cuMemAlloc, "cuMemAlloc_v2"),
         SYM(cuMemFree, "cuMemFree_v2"),
         SYM(cuMemGetInfo, "cuMemGetInfo_v2"),
@@ -150,20 +156,57 @@ static int cuda_bind_thread(thaw_device *dev)
     return 0;
 }
 
+/* Staging is ordinary page-aligned memory pinned with cuMemHostRegister, which was
+ * measured faster to set up than cuMemHostAlloc (docs/BENCHMARKS.md);
+ * THAWCORE_PINNED=alloc selects cuMemHostAlloc instead. A header before the buffer
+ * records which one, so freeing needs no lookup. */
+#define PINNED_HEADER 4096
+enum { PINNED_REGISTERED = 1, PINNED_ALLOCATED = 2 };
+
+static int use_host_alloc(void)
+{
+    const char *choice = getenv("THAWCORE_PINNED");
+    return choice && strcmp(choice, "alloc") == 0;
+}
+
 static int cuda_host_alloc(thaw_device *dev, size_t length, void **out)
 {
     (void)dev;
-    CUresult r = cu.cuMemHostAlloc(out, length, CU_MEMHOSTALLOC_PORTABLE);
+    const char *text = "unknown error";
+    CUresult r;
+    unsigned char *block = NULL;
+    if (use_host_alloc()) {
+        r = cu.cuMemHostAlloc((void **)&block, length + PINNED_HEADER, CU_MEMHOSTALLOC_PORTABLE);
+        if (r == CUDA_SUCCESS)
+            block[0] = PINNED_ALLOCATED;
+    } else {
+        if (posix_memalign((void **)&block, PINNED_HEADER, length + PINNED_HEADER) != 0)
+            return thaw_fail(THAWCORE_ERR_OUT_OF_PINNED_MEMORY, "cannot allocate %zu bytes of staging memory", length);
+        block[0] = PINNED_REGISTERED;
+        r = cu.cuMemHostRegister(block + PINNED_HEADER, length, CU_MEMHOSTREGISTER_PORTABLE);
+        if (r != CUDA_SUCCESS)
+            free(block);
+    }
     if (r != CUDA_SUCCESS) {
-        const char *text = "unknown error";
         cu.cuGetErrorString(r, &text);
         return thaw_fail(THAWCORE_ERR_OUT_OF_PINNED_MEMORY,
-                         "cannot allocate %zu bytes of pinned staging memory: %s", length, text);
+                         "cannot pin %zu bytes of staging memory: %s (is the memlock limit too low?)", length, text);
     }
+    *out = block + PINNED_HEADER;
     return 0;
 }
 
-static void cuda_host_free(thaw_device *dev, void *host) { (void)dev; cu.cuMemFreeHost(host); }
+static void cuda_host_free(thaw_device *dev, void *host)
+{
+    (void)dev;
+    unsigned char *block = (unsigned char *)host - PINNED_HEADER;
+    if (block[0] == PINNED_ALLOCATED) {
+        cu.cuMemFreeHost(block);
+    } else {
+        cu.cuMemHostUnregister(host);
+        free(block);
+    }
+}
 
 static int cuda_stream_create(thaw_device *dev, void **out)
 {

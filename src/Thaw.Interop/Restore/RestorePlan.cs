@@ -19,8 +19,12 @@ public sealed class RestorePlan
     /// <summary>Regions further apart than this are read as separate extents.</summary>
     public const long MaxExtentGap = 1L << 20;
 
-    private RestorePlan(Snapshot snapshot, Extent[] extents, Segment[] segments, long bytes)
+    private readonly List<(int Region, ulong Address, ulong Allocation)> _chosen;
+
+    private RestorePlan(Snapshot snapshot, Extent[] extents, Segment[] segments, long bytes,
+        List<(int Region, ulong Address, ulong Allocation)> chosen)
     {
+        _chosen = chosen;
         Snapshot = snapshot;
         Extents = extents;
         Segments = segments;
@@ -34,6 +38,10 @@ public sealed class RestorePlan
     public int SegmentCount => Segments.Length;
     /// <summary>Tensor bytes this plan moves.</summary>
     public long Bytes { get; }
+
+    /// <summary>The same plan with one segment a region, as checksum verification needs.</summary>
+    public RestorePlan Unmerged() =>
+        Segments.Length == _chosen.Count(c => Snapshot.Tensors[c.Region].Length > 0) ? this : Build(Snapshot, _chosen, mergeSegments: false);
 
     /// <summary>Plans a restore of the given tensors.</summary>
     /// <param name="mergeSegments">Merge file- and device-adjacent regions into one copy (not with verification, which checks each region).</param>
@@ -120,6 +128,6 @@ public sealed class RestorePlan
             current.SegmentCount = (uint)segments.Count - current.FirstSegment;
             extents[^1] = current;
         }
-        return new RestorePlan(snapshot, extents.ToArray(), segments.ToArray(), bytes);
+        return new RestorePlan(snapshot, extents.ToArray(), segments.ToArray(), bytes, chosen);
     }
 }

@@ -53,6 +53,8 @@ public sealed class ThawEngine : IDisposable
     public unsafe RestoreResult Restore(RestorePlan plan, RestoreOptions? options = null)
     {
         options ??= new RestoreOptions();
+        if (options.Verify)
+            plan = plan.Unmerged();
         Snapshot snapshot = plan.Snapshot;
         options.CancellationToken.ThrowIfCancellationRequested();
         int regionCount = snapshot.Tensors.Count;
@@ -118,7 +120,7 @@ public sealed class ThawEngine : IDisposable
                 throw new ThawMismatchException($"tensor '{targets[i].Name}': {e.Message}");
             }
         }
-        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: !options.Verify, allocations);
+        RestorePlan plan = RestorePlan.Create(snapshot, targets, mergeSegments: true, allocations);
         return Restore(plan, options);
     }
 
