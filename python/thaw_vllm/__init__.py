@@ -4,6 +4,7 @@ Snapshots of model weights restored at the speed of the hardware: one pipelined
 stream of large aligned reads into pinned memory and asynchronous copies to the GPU.
 """
 from ._native import convert, verify
+from ._native import snapshot_info as info
 from .errors import (ThawCanceledError, ThawChecksumError, ThawDeviceError, ThawError,
                      ThawFormatError, ThawMismatchError, ThawOutOfMemoryError)
 
@@ -12,12 +13,19 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # torch is imported only when a torch helper is used, so info/convert/verify work without it.
-    if name in ("load_state_dict", "restore_into", "freeze", "info"):
+    if name in ("load_state_dict", "restore_into", "freeze", "load_safetensors", "iter_checkpoint", "module_tensors"):
         from . import torch_io
         return getattr(torch_io, name)
+    if name == "from_pretrained":
+        from .hf import from_pretrained
+        return from_pretrained
+    if name in ("load", "freeze_vllm"):
+        from . import vllm_api
+        return getattr(vllm_api, name)
     raise AttributeError(name)
 
 
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
+           "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "from_pretrained",
            "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

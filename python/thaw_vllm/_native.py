@@ -92,11 +92,14 @@ def _declare(lib):
     lib.thaw_free.restype = None
     lib.thaw_device_count.argtypes = [c.c_int]
     lib.thaw_snapshot_info.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
+    lib.thaw_safetensors_info.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
     lib.thaw_restore.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.POINTER(RestoreStats)]
+    lib.thaw_restore_safetensors.argtypes = lib.thaw_restore.argtypes
     lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
     lib.thaw_verify.argtypes = [c.c_char_p]
-    for name in ("thaw_device_count", "thaw_snapshot_info", "thaw_restore", "thaw_freeze", "thaw_convert", "thaw_verify"):
+    for name in ("thaw_device_count", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
+                 "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify"):
         getattr(lib, name).restype = c.c_int
 
 
@@ -117,6 +120,17 @@ def snapshot_info(path) -> dict:
     lib = library()
     out = ctypes.c_void_p()
     _check(lib, lib.thaw_snapshot_info(_path(path), ctypes.byref(out)))
+    try:
+        return json.loads(ctypes.string_at(out).decode("utf-8"))
+    finally:
+        lib.thaw_free(out)
+
+
+def safetensors_info(path) -> dict:
+    """A safetensors file's tensors in the snapshot-info shape (offsets from the file start)."""
+    lib = library()
+    out = ctypes.c_void_p()
+    _check(lib, lib.thaw_safetensors_info(_path(path), ctypes.byref(out)))
     try:
         return json.loads(ctypes.string_at(out).decode("utf-8"))
     finally:
@@ -149,11 +163,12 @@ class _Tensors:
         self.array = TensorArray(n, 0, self.names, self.dtypes, self.ndims, self.shapes, self.addresses, self.capacities)
 
 
-def restore(path, request, names, dtypes, shapes, addresses, capacities) -> RestoreStats:
+def restore(path, request, names, dtypes, shapes, addresses, capacities, safetensors=False) -> RestoreStats:
     lib = library()
     tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
     stats = RestoreStats()
-    _check(lib, lib.thaw_restore(_path(path), ctypes.byref(request), ctypes.byref(tensors.array), ctypes.byref(stats)))
+    fn = lib.thaw_restore_safetensors if safetensors else lib.thaw_restore
+    _check(lib, fn(_path(path), ctypes.byref(request), ctypes.byref(tensors.array), ctypes.byref(stats)))
     return stats
 
 

@@ -1,9 +1,12 @@
-"""Restore snapshots into PyTorch tensors and freeze tensors into snapshots.
+"""Restore snapshots into PyTorch tensors, freeze tensors into snapshots, and stream
+plain safetensors checkpoints through the same engine.
 
 CPU tensors go through the mock device (host memory); CUDA tensors through the
 CUDA engine on their own device, in the primary context that PyTorch shares.
 """
+import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -11,6 +14,8 @@ from . import _native
 from .errors import ThawMismatchError
 
 log = logging.getLogger("thaw_vllm")
+
+ALIASES_KEY = "thaw.aliases"
 
 _DTYPE_NAMES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
@@ -46,17 +51,24 @@ def _device_request(device: torch.device, **engine_options):
     raise ValueError(f"Thaw restores into cuda or cpu tensors, not {device.type}")
 
 
+def module_tensors(module: torch.nn.Module, attributes: bool = True) -> dict:
+    """Every tensor a module holds, by dotted name: parameters and buffers (non-persistent
+    ones too, every alias of a tied one too) and, with attributes, plain tensors kept as
+    module attributes (what post-load processing often derives, e.g. MLA's matrices)."""
+    named = {}
+    for prefix, child in module.named_modules(remove_duplicate=False):
+        owned = list(child._parameters.items()) + list(child._buffers.items())
+        if attributes:
+            owned += [(k, v) for k, v in vars(child).items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
+        for name, tensor in owned:
+            if tensor is not None:
+                named[f"{prefix}.{name}" if prefix else name] = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    return named
+
+
 def _tensors_of(module_or_state_dict) -> dict:
     if isinstance(module_or_state_dict, torch.nn.Module):
-        # Every name of every parameter and buffer (non-persistent ones too, aliases of
-        # tied weights too); walked by hand since older torch lacks remove_duplicate here.
-        named = {}
-        for prefix, module in module_or_state_dict.named_modules(remove_duplicate=False):
-            owned = list(module._parameters.items()) + list(module._buffers.items())
-            for name, tensor in owned:
-                if tensor is not None:
-                    named[f"{prefix}.{name}" if prefix else name] = tensor.data
-        return named
+        return module_tensors(module_or_state_dict)
     return dict(module_or_state_dict)
 
 
@@ -65,35 +77,17 @@ def info(path) -> dict:
     return _native.snapshot_info(path)
 
 
-def restore_into(module_or_state_dict, path, strict: bool = True, **engine_options) -> dict:
-    """Restores a snapshot in place into the tensors of a module or a state dict.
-
-    Every destination must be contiguous and match the snapshot's dtype and shape.
-    With strict, the snapshot and the destination must hold the same names.
-    Returns {"bytes", "seconds", "gbps"} summed over devices.
-    engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
-    """
-    tensors = _tensors_of(module_or_state_dict)
-    header = info(path)
-    in_snapshot = {t["name"] for t in header["tensors"]}
-    missing = sorted(set(tensors) - in_snapshot)
-    unexpected = sorted(in_snapshot - set(tensors))
-    if strict and (missing or unexpected):
-        raise ThawMismatchError(
-            f"{path}: snapshot and destination differ: missing from the snapshot {missing[:5]}, "
-            f"not in the destination {unexpected[:5]}")
+def _restore(path, tensors: dict, safetensors: bool, engine_options: dict):
+    """Restores {name: tensor} from the file, one engine call per device."""
     by_device = {}
-    seen_storage = {}
+    seen_storage = set()
     for name, tensor in tensors.items():
-        if name not in in_snapshot:
-            continue
         if not tensor.is_contiguous():
             raise ThawMismatchError(f"{path}: destination tensor '{name}' is not contiguous")
-        # Tied parameters share storage: restore each storage once.
         key = (tensor.device, tensor.data_ptr(), tensor.numel())
-        if key in seen_storage:
-            continue
-        seen_storage[key] = name
+        if key in seen_storage and tensor.numel() > 0:
+            continue  # the same memory under another name
+        seen_storage.add(key)
         by_device.setdefault(tensor.device, []).append((name, tensor))
     total_bytes, total_seconds = 0, 0.0
     for device, items in by_device.items():
@@ -101,12 +95,54 @@ def restore_into(module_or_state_dict, path, strict: bool = True, **engine_optio
             path, _device_request(device, **engine_options),
             [n for n, _ in items], [thaw_dtype(t.dtype) for _, t in items],
             [list(t.shape) for _, t in items], [t.data_ptr() for _, t in items],
-            [t.numel() * t.element_size() for _, t in items])
+            [t.numel() * t.element_size() for _, t in items], safetensors=safetensors)
         total_bytes += stats.bytes
         total_seconds += stats.seconds
     gbps = total_bytes / total_seconds / 1e9 if total_seconds > 0 else 0.0
-    log.info("thaw: restored %d bytes from %s in %.3f s (%.2f GB/s)", total_bytes, path, total_seconds, gbps)
     return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}
+
+
+def restore_into(module_or_state_dict, path, strict: bool = True, **engine_options) -> dict:
+    """Restores a snapshot in place into the tensors of a module or a state dict.
+
+    Every destination must be contiguous and match the snapshot's dtype and shape.
+    With strict, the snapshot (its tensors and their recorded aliases) and the
+    destination must hold the same names. Returns {"bytes", "seconds", "gbps"}.
+    engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
+    """
+    tensors = _tensors_of(module_or_state_dict)
+    header = info(path)
+    regions = {t["name"] for t in header["tensors"]}
+    aliases = json.loads(header["metadata"].get(ALIASES_KEY, "{}"))
+    known = regions | set(aliases)
+    if strict:
+        missing = sorted(set(tensors) - known)
+        unexpected = sorted(known - set(tensors))
+        if missing or unexpected:
+            raise ThawMismatchError(
+                f"{path}: snapshot and destination differ: missing from the snapshot {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, not in the destination {unexpected[:5]}"
+                f"{' ...' if len(unexpected) > 5 else ''}")
+    stats = _restore(path, {n: t for n, t in tensors.items() if n in regions}, False, engine_options)
+    # An alias whose destination is not tied to its original gets the original's bytes.
+    for alias, original in aliases.items():
+        if alias in tensors and original in tensors and tensors[alias].data_ptr() != tensors[original].data_ptr():
+            tensors[alias].copy_(tensors[original])
+    log.info("thaw: restored %d bytes from %s in %.3f s (%.2f GB/s)", stats["bytes"], path, stats["seconds"], stats["gbps"])
+    return stats
+
+
+def _arena_views(header, device, aligned: bool) -> dict:
+    """Tensors as views of one allocation; aligned: each at its own 256-byte boundary
+    (safetensors offsets need not suit every dtype), else at the snapshot's offsets."""
+    layout, end = [], 0
+    for t in header["tensors"]:
+        offset = (end + 255) // 256 * 256 if aligned else t["offset"]
+        layout.append((t, offset))
+        end = offset + t["length"]
+    size = end if aligned else header["file_length"] - header["data_offset"]
+    arena = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+    return {t["name"]: arena[o:o + t["length"]].view(torch_dtype(t["dtype"])).reshape(t["shape"]) for t, o in layout}
 
 
 def load_state_dict(path, device="cpu", **engine_options) -> dict:
@@ -114,30 +150,75 @@ def load_state_dict(path, device="cpu", **engine_options) -> dict:
 
     The tensors are views of one allocation laid out as the snapshot's data section:
     one allocation instead of hundreds, and copies that run across tensor boundaries.
-    Their memory is released when the last of them is.
+    Their memory is released when the last of them is. Aliases are views of their original.
     """
-    device = torch.device(device)
     header = info(path)
-    arena = torch.empty(header["file_length"] - header["data_offset"], dtype=torch.uint8, device=device)
-    state = {}
-    for t in header["tensors"]:
-        region = arena[t["offset"]:t["offset"] + t["length"]]
-        state[t["name"]] = region.view(torch_dtype(t["dtype"])).reshape(t["shape"])
-    restore_into(state, path, strict=True, **engine_options)
+    state = _arena_views(header, torch.device(device), aligned=False)
+    stats = _restore(path, state, False, engine_options)
+    log.info("thaw: loaded %d bytes from %s in %.3f s (%.2f GB/s)", stats["bytes"], path, stats["seconds"], stats["gbps"])
+    for alias, original in json.loads(header["metadata"].get(ALIASES_KEY, "{}")).items():
+        state[alias] = state[original]
     return state
 
 
+def load_safetensors(path, device="cpu", **engine_options) -> dict:
+    """Streams one plain safetensors file into new tensors on device through the engine."""
+    header = _native.safetensors_info(path)
+    state = _arena_views(header, torch.device(device), aligned=True)
+    engine_options.pop("verify", None)  # safetensors records no checksums
+    _restore(path, state, True, engine_options)
+    return state
+
+
+def checkpoint_shards(checkpoint) -> list:
+    """The safetensors files of a Hugging Face checkpoint directory (or the one file given)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return [checkpoint]
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [checkpoint / n for n in names]
+    shards = sorted(checkpoint.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors files in {checkpoint}")
+    return shards
+
+
+def iter_checkpoint(checkpoint, device="cpu", **engine_options):
+    """Yields (name, tensor) for every tensor of a checkpoint, one shard at a time in
+    device memory: what a model's load_weights consumes, read at engine speed."""
+    for shard in checkpoint_shards(checkpoint):
+        state = load_safetensors(shard, device, **engine_options)
+        yield from state.items()
+        del state
+
+
 def freeze(module_or_state_dict, path, metadata=None, tp_rank=0, tp_world_size=1, **engine_options) -> None:
-    """Writes the tensors of a module or state dict into a snapshot, atomically."""
+    """Writes the tensors of a module or state dict into a snapshot, atomically.
+
+    Tensors that share memory (tied weights) are written once; the other names are
+    recorded as aliases (metadata "thaw.aliases") and restored from the one copy.
+    """
     tensors = _tensors_of(module_or_state_dict)
-    keep = {}
-    devices = set()
+    keep, aliases, canonical = {}, {}, {}
     for name, tensor in tensors.items():
+        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() > 0 and key in canonical:
+            aliases[name] = canonical[key]
+            continue
+        canonical[key] = name
         keep[name] = tensor.contiguous()
-        devices.add(keep[name].device)
-    if len(devices) > 1:
-        raise ValueError(f"freeze needs all tensors on one device, found {sorted(map(str, devices))}")
-    device = devices.pop() if devices else torch.device("cpu")
+    # One engine writes the file: the few tensors on another device (a model's CPU-side
+    # index tensors, say) are copied to the device most of the bytes are on.
+    by_device = {}
+    for t in keep.values():
+        by_device[t.device] = by_device.get(t.device, 0) + t.numel() * t.element_size()
+    device = max(by_device, key=by_device.get) if by_device else torch.device("cpu")
+    keep = {n: t if t.device == device else t.to(device) for n, t in keep.items()}
+    metadata = dict(metadata or {})
+    if aliases:
+        metadata[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
     names = list(keep)
     _native.freeze(
         path, _device_request(device, **engine_options), names,

@@ -80,15 +80,29 @@ public static unsafe class Exports
     [UnmanagedCallersOnly(EntryPoint = "thaw_snapshot_info")]
     public static int SnapshotInfo(byte* path, byte** jsonOut) => Guard(() =>
     {
-        Snapshot s = SnapshotReader.Read(Text(path, "path"));
-        *jsonOut = ToNative(SnapshotJson.Describe(s));
+        *jsonOut = ToNative(SnapshotJson.Describe(SnapshotReader.Read(Text(path, "path"))));
+        return 0;
+    });
+
+    /// <summary>Describes a safetensors file in the same JSON shape as a snapshot (offsets from the file start).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_safetensors_info")]
+    public static int SafetensorsInfo(byte* path, byte** jsonOut) => Guard(() =>
+    {
+        *jsonOut = ToNative(SnapshotJson.Describe(Snapshot.FromSafetensors(SafetensorsFile.Read(Text(path, "path")))));
         return 0;
     });
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_restore")]
-    public static int Restore(byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) => Guard(() =>
+    public static int Restore(byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
+        Guard(() => RestoreFrom(SnapshotReader.Read(Text(path, "path")), request, tensors, stats));
+
+    /// <summary>Streams tensors of a plain safetensors file into caller memory through the same engine.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_restore_safetensors")]
+    public static int RestoreSafetensors(byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
+        Guard(() => RestoreFrom(Snapshot.FromSafetensors(SafetensorsFile.Read(Text(path, "path"))), request, tensors, stats));
+
+    private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats)
     {
-        Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
         var targets = new List<RestoreTarget>(tensors->Count);
         long* shape = tensors->Shapes;
         for (int i = 0; i < tensors->Count; i++)
@@ -112,7 +126,7 @@ public static unsafe class Exports
         if (stats != null)
             *stats = new RestoreStatsOut { Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads };
         return 0;
-    });
+    }
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_freeze")]
     public static int Freeze(byte* path, EngineRequest* request, TensorArray* tensors, byte* metadataJson, int tpRank, int tpWorldSize) => Guard(() =>

@@ -1,5 +1,6 @@
 """The Python shim over libthaw.so, on CPU tensors through the mock device."""
 import json
+from pathlib import Path
 import struct
 
 import pytest
@@ -120,3 +121,42 @@ def test_convert_a_safetensors_checkpoint_then_load(tmp_path):
     back = thaw_vllm.load_state_dict(out)
     for name, t in tensors.items():
         assert torch.equal(back[name], t), name
+
+
+def test_safetensors_stream_bit_exactly_even_at_unaligned_offsets(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_vllm"))
+    import safetensors_reader
+    tensors = {"a": torch.randn(7, 3).half(), "b": torch.randn(5), "c": torch.arange(9, dtype=torch.int64)}
+    safetensors_reader.write(tmp_path / "odd.safetensors", tensors, pad_to_odd=True)
+    loaded = thaw_vllm.load_safetensors(tmp_path / "odd.safetensors")
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t), name
+    streamed = dict(thaw_vllm.iter_checkpoint(tmp_path / "odd.safetensors"))
+    assert set(streamed) == set(tensors)
+
+
+def test_tied_weights_are_written_once_and_restored_into_untied_targets(tmp_path):
+    source = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=False))
+    source[1].weight = source[0].weight
+    path = tmp_path / "tied.thaw"
+    thaw_vllm.freeze(source, path)
+    header = thaw_vllm.info(path)
+    assert [t["name"] for t in header["tensors"]] == ["0.weight"]
+    assert json.loads(header["metadata"]["thaw.aliases"]) == {"1.weight": "0.weight"}
+    untied = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=False))
+    thaw_vllm.restore_into(untied, path)
+    assert torch.equal(untied[1].weight, source[0].weight) and torch.equal(untied[0].weight, source[0].weight)
+    state = thaw_vllm.load_state_dict(path)
+    assert state["1.weight"].data_ptr() == state["0.weight"].data_ptr()
+
+
+def test_plain_tensor_attributes_are_captured(tmp_path):
+    module = torch.nn.Linear(4, 4)
+    module.derived = torch.randn(3)
+    path = tmp_path / "attr.thaw"
+    thaw_vllm.freeze(module, path)
+    target = torch.nn.Linear(4, 4)
+    target.derived = torch.zeros(3)
+    thaw_vllm.restore_into(target, path)
+    assert torch.equal(target.derived, module.derived) and torch.equal(target.weight, module.weight)

@@ -34,6 +34,18 @@ public sealed class Snapshot
     /// <summary>Bytes of tensor data, without padding.</summary>
     public long TensorBytes { get; }
 
+    /// <summary>False for a safetensors file viewed as a source (<see cref="FromSafetensors"/>):
+    /// it records no checksums and its regions are not aligned.</summary>
+    public bool HasChecksums { get; private init; } = true;
+
+    /// <summary>A safetensors file as a restore source: regions at their file offsets
+    /// (data offset 0), no checksums. Lets the engine stream plain checkpoints.</summary>
+    public static Snapshot FromSafetensors(Safetensors.SafetensorsFile file) =>
+        new(file.Path, file.FileLength, 0, file.FileLength, 0, 1,
+            file.Metadata.ToDictionary(kv => "safetensors." + kv.Key, kv => kv.Value),
+            file.Tensors.Select(t => new TensorEntry(t.Name, t.DType, t.Shape, t.FileOffset, t.Length, 0)).ToList())
+        { HasChecksums = false };
+
     public int IndexOf(string name) => _indexByName.TryGetValue(name, out int index) ? index : -1;
 
     public long FileOffsetOf(TensorEntry entry) => DataOffset + entry.Offset;

@@ -102,7 +102,7 @@ public sealed class RestorePlan
             bytes += entry.Length;
 
             bool extendExtent = extents.Count > 0 &&
-                start - (extents[^1].FileOffset + extents[^1].Length) <= MaxExtentGap;
+                (long)start - (long)(extents[^1].FileOffset + extents[^1].Length) <= MaxExtentGap;
             if (extendExtent)
             {
                 Extent last = extents[^1];
@@ -120,7 +120,9 @@ public sealed class RestorePlan
             }
             else
             {
-                extents.Add(new Extent { FileOffset = start, Length = alignedEnd - start, FirstSegment = (uint)segments.Count });
+                // Snapshot regions start aligned; safetensors tensors need not, and O_DIRECT needs aligned reads.
+                ulong alignedStart = start / (ulong)SnapshotFormat.Alignment * (ulong)SnapshotFormat.Alignment;
+                extents.Add(new Extent { FileOffset = alignedStart, Length = alignedEnd - alignedStart, FirstSegment = (uint)segments.Count });
             }
             segments.Add(new Segment { FileOffset = start, Length = (ulong)entry.Length, DeviceAddress = address, Region = (uint)region });
             previousAllocation = allocation;

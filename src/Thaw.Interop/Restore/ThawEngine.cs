@@ -53,6 +53,8 @@ public sealed class ThawEngine : IDisposable
     public unsafe RestoreResult Restore(RestorePlan plan, RestoreOptions? options = null)
     {
         options ??= new RestoreOptions();
+        if (options.Verify && !plan.Snapshot.HasChecksums)
+            throw new ArgumentException($"{plan.Snapshot.Path} records no checksums to verify (a safetensors file)");
         if (options.Verify)
             plan = plan.Unmerged();
         Snapshot snapshot = plan.Snapshot;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds dist/thaw_vllm-<version>-py3-none-linux_x86_64.whl: the Python package with
+# libthaw.so and the thaw executable inside. Installs with `pip install dist/*.whl`
+# where neither .NET nor a CUDA toolkit is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build.sh
+mkdir -p python/thaw_vllm/lib python/thaw_vllm/bin
+cp build/publish/pybridge/libthaw.so python/thaw_vllm/lib/
+cp build/publish/cli/thaw python/thaw_vllm/bin/
+rm -rf build/wheel-build dist
+PYTHON=${THAW_WHEEL_PYTHON:-/usr/bin/python3}
+$PYTHON -m pip wheel --no-deps --no-build-isolation --no-index -w dist . > build/wheel.log 2>&1 || { cat build/wheel.log; exit 1; }
+rm -rf build/lib build/bdist.* python/thaw_vllm.egg-info
+ls dist/*.whl
