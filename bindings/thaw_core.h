@@ -143,6 +143,21 @@ int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address,
 int thawcore_engine_device_alloc(thawcore_engine *engine, uint64_t length, uint64_t *address_out);
 int thawcore_engine_device_free(thawcore_engine *engine, uint64_t address);
 int thawcore_engine_copy_to_host(thawcore_engine *engine, void *host, uint64_t address, uint64_t length);
+/* Test support. Arms one fault for the whole process: the after-th time (counting
+ * from 0) the core reaches a point of that kind, it fails there as the real fault
+ * would. after < 0 disarms. Returns how many times the previously armed fault fired. */
+enum thawcore_fault {
+    THAWCORE_FAULT_NONE = 0,
+    THAWCORE_FAULT_READ_EIO = 1,        /* a read fails with EIO */
+    THAWCORE_FAULT_SHORT_READ = 2,      /* a read returns half of what it asked (file ends) */
+    THAWCORE_FAULT_COPY = 3,            /* a host-to-device copy fails */
+    THAWCORE_FAULT_EVENT = 4,           /* recording or waiting for a copy-completion event fails */
+    THAWCORE_FAULT_PINNED_ALLOC = 5,    /* pinning staging memory fails */
+    THAWCORE_FAULT_WRITE_ENOSPC = 6,    /* a write finds the disk full */
+    THAWCORE_FAULT_WRITE_EIO = 7        /* a write fails with EIO */
+};
+int thawcore_fault_inject(int32_t kind, int64_t after);
+
 /* fsync a directory, so that a rename inside it is durable. */
 int thawcore_sync_directory(const char *path);
 

@@ -9,6 +9,7 @@
 #include "thaw_core.h"
 #include "device.h"
 #include "error.h"
+#include "fault.h"
 #include "file_io.h"
 
 #include <errno.h>
@@ -93,6 +94,9 @@ static void *setup_lane(void *arg)
     l->pending = calloc(slots, 1);
     if (!rc && (!l->events || !l->slots || !l->pending))
         rc = thaw_fail(-ENOMEM, "out of host memory");
+    if (!rc && thaw_fault_hit(THAWCORE_FAULT_PINNED_ALLOC))
+        rc = thaw_fail(THAWCORE_ERR_OUT_OF_PINNED_MEMORY, "cannot pin %llu bytes of staging memory (injected fault)",
+                       (unsigned long long)(e->chunk * slots));
     if (!rc)
         rc = e->dev.ops->host_alloc(&e->dev, (size_t)(e->chunk * slots), (void **)&l->staging);
     if (!rc)
@@ -276,7 +280,10 @@ static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_j
     uint32_t first = first_segment_after(x, job->segments, c->file_offset);
     uint32_t first_region = first < x->first_segment + x->segment_count ? job->segments[first].region : UINT32_MAX;
 
-    ssize_t got = thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
+    ssize_t got = thaw_fault_hit(THAWCORE_FAULT_READ_EIO) ? -EIO
+                  : thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
+    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
+        got /= 2;
     if (got < 0) {
         int code = thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
                              (unsigned long long)c->file_offset, first_region, strerror((int)-got));
@@ -304,7 +311,9 @@ static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_j
         const unsigned char *src = buffer + (start - c->file_offset);
         if (seg->device_address) {
             uint64_t dst = seg->device_address + (start - seg->file_offset);
-            int rc = e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
+            int rc = thaw_fault_hit(THAWCORE_FAULT_COPY)
+                         ? thaw_fail(THAWCORE_ERR_CUDA, "cuMemcpyHtoDAsync failed (injected fault)")
+                         : e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
             if (rc) {
                 int code = thaw_fail_context(rc, "copying region %u of %s to the device", seg->region, job->path);
                 record_failure(job, code, seg->region);
@@ -323,10 +332,12 @@ static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_j
                                               start - seg->file_offset, end - start };
         }
     }
-    int rc = e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
+    int rc = thaw_fault_hit(THAWCORE_FAULT_EVENT) ? thaw_fail(THAWCORE_ERR_CUDA, "cuEventRecord failed (injected fault)")
+                                                  : e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
     if (rc) {
-        record_failure(job, rc, first_region);
-        return rc;
+        int code = thaw_fail_context(rc, "recording the copies of region %u of %s", first_region, job->path);
+        record_failure(job, code, first_region);
+        return code;
     }
     l->pending[slot] = 1;
     uint64_t done = atomic_fetch_add(&job->bytes_copied, copied) + copied;
@@ -358,7 +369,7 @@ static void *lane_main(void *arg)
         if (l->pending[slot]) {
             l->pending[slot] = 0;
             if ((rc = e->dev.ops->event_wait(&e->dev, l->events[slot]))) {
-                record_failure(job, rc, UINT32_MAX);
+                record_failure(job, thaw_fail_context(rc, "waiting for copies from %s", job->path), UINT32_MAX);
                 break;
             }
         }
@@ -600,7 +611,10 @@ static void *write_lane_main(void *arg)
                 src = staging;
             }
             crc = thawcore_crc32c(crc, src, n);
-            if ((rc = thaw_pwrite_full(job->fd, src, n, seg->file_offset + off))) {
+            rc = thaw_fault_hit(THAWCORE_FAULT_WRITE_ENOSPC) ? -ENOSPC
+                 : thaw_fault_hit(THAWCORE_FAULT_WRITE_EIO) ? -EIO
+                 : thaw_pwrite_full(job->fd, src, n, seg->file_offset + off);
+            if (rc) {
                 rc = thaw_fail(rc, "writing region %u at offset %llu: %s", seg->region,
                                (unsigned long long)(seg->file_offset + off), strerror(-rc));
                 break;

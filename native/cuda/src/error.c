@@ -16,6 +16,9 @@ int thaw_fail(int code, const char *format, ...)
     return code;
 }
 
+/* Messages are cut at the buffer's end on purpose. */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 int thaw_fail_context(int code, const char *format, ...)
 {
     char inner[sizeof last_error];
