@@ -149,7 +149,7 @@ int thawcore_engine_copy_to_host(thawcore_engine *engine, void *host, uint64_t a
 enum thawcore_fault {
     THAWCORE_FAULT_NONE = 0,
     THAWCORE_FAULT_READ_EIO = 1,        /* a read fails with EIO */
-    THAWCORE_FAULT_SHORT_READ = 2,      /* a read returns half of what it asked (file ends) */
+    THAWCORE_FAULT_SHORT_READ = 2,      /* a read finds the file ending where it starts */
     THAWCORE_FAULT_COPY = 3,            /* a host-to-device copy fails */
     THAWCORE_FAULT_EVENT = 4,           /* recording or waiting for a copy-completion event fails */
     THAWCORE_FAULT_PINNED_ALLOC = 5,    /* pinning staging memory fails */

@@ -121,6 +121,12 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_to_host")]
         internal static unsafe partial int EngineCopyToHost(EngineHandle engine, void* host, ulong address, ulong length);
 
+        internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
+            FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7;
+
+        [LibraryImport(Library, EntryPoint = "thawcore_fault_inject")]
+        internal static partial int FaultInject(int kind, long after);
+
         [LibraryImport(Library, EntryPoint = "thawcore_sync_directory", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int SyncDirectory(string path);
 

@@ -38,7 +38,15 @@ public static class SnapshotWriter
         }
         using var file = new AtomicFile(path);
         RandomAccess.SetLength(file.Handle, layout.FileLength);
-        uint[] crcs = engine.Write(file.Handle, segments, sourceIsHost, progress);
+        uint[] crcs;
+        try
+        {
+            crcs = engine.Write(file.Handle, segments, sourceIsHost, progress);
+        }
+        catch (IOException e)
+        {
+            throw new IOException($"cannot write {file.FinalPath}: {e.Message}", e);
+        }
         byte[] header = layout.EncodeHeader(crcs);
         RandomAccess.Write(file.Handle, header, 0);
         file.Commit();

@@ -1,0 +1,143 @@
+using System.Diagnostics;
+using Thaw.Interop;
+using Thaw.Interop.Format;
+using Thaw.Interop.Restore;
+using Thaw.Interop.Safetensors;
+using Core = Thaw.Interop.Native.Interop.ThawCore;
+
+namespace Thaw.Tests;
+
+/// <summary>Failures at every point of the C# paths: writes that hit a full disk leave
+/// the previous file and no temporary; restores that fail leave the engine usable.
+/// Faults are process-wide, so these tests do not run in parallel with others.</summary>
+[NonParallelizable]
+public class FaultTests
+{
+    private TestFiles _files = null!;
+
+    [SetUp]
+    public void SetUp() => _files = new TestFiles();
+
+    [TearDown]
+    public void TearDown()
+    {
+        Core.FaultInject(Core.FaultNone, -1);
+        _files.Dispose();
+    }
+
+    [Test]
+    public void ConvertThatHitsAFullDiskAtAnyWriteLeavesThePreviousSnapshot()
+    {
+        string checkpoint = _files.PathOf("model.safetensors");
+        TestFiles.WriteSafetensors(checkpoint, Enumerable.Range(0, 6)
+            .Select(i => ($"w{i}", "F32", new long[] { 3000 + i }, TestFiles.RandomBytes((3000 + i) * 4, i))));
+        string output = _files.PathOf("model.thaw");
+        using var engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 4096, StagingBytes = 4096 * 8, IoThreads = 2 });
+        int injected = 0;
+        foreach (int kind in new[] { Core.FaultWriteEnospc, Core.FaultWriteEio })
+        {
+            for (long after = 0; ; after++)
+            {
+                File.WriteAllText(output, "previous snapshot");
+                Core.FaultInject(kind, after);
+                Exception? error = null;
+                try
+                {
+                    CheckpointConverter.Convert(checkpoint, output, engine);
+                }
+                catch (Exception e)
+                {
+                    error = e;
+                }
+                if (Core.FaultInject(Core.FaultNone, -1) == 0)
+                {
+                    Assert.That(error, Is.Null);
+                    break;
+                }
+                injected++;
+                Assert.That(error, Is.InstanceOf<IOException>());
+                Assert.That(error!.Message, Does.Contain(output).And.Contain("region"));
+                Assert.That(File.ReadAllText(output), Is.EqualTo("previous snapshot"), "the final name keeps the old file");
+                Assert.That(Directory.GetFiles(_files.Directory).Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "model.thaw" }));
+            }
+        }
+        Assert.That(SnapshotReader.Read(output).Tensors, Has.Count.EqualTo(6), "the last, unfaulted convert replaced it");
+        TestContext.Out.WriteLine($"write faults injected: {injected}");
+        Assert.That(injected, Is.GreaterThan(10));
+    }
+
+    [Test]
+    public void KilledConvertNeverLeavesATornSnapshotUnderTheFinalName()
+    {
+        string thaw = Path.GetFullPath(Path.Combine(TestContext.CurrentContext.TestDirectory, "../../../../../build/publish/cli/thaw"));
+        if (!File.Exists(thaw))
+            Assert.Ignore($"{thaw} is not built (scripts/build.sh builds it)");
+        string checkpoint = _files.PathOf("ckpt");
+        Run(thaw, $"generate {checkpoint} --size-mib 96 --shards 1 --quiet");
+        string output = _files.PathOf("model.thaw");
+        for (int round = 0; round < 3; round++)
+        {
+            File.WriteAllText(output, "previous snapshot");
+            var start = new ProcessStartInfo(thaw, $"convert {checkpoint} {output}") { RedirectStandardError = true, RedirectStandardOutput = true };
+            using var process = Process.Start(start)!;
+            // Kill it once it reports progress (redirected stderr gets a line every 10%), at a different point each round.
+            for (int lines = 0; lines <= round && process.StandardError.ReadLine() is { } line; lines++) { }
+            process.Kill();
+            process.WaitForExit();
+            string text = File.ReadAllText(output);
+            if (text != "previous snapshot")
+                Assert.DoesNotThrow(() => SnapshotReader.Read(output), "a replaced file must be a whole snapshot");
+        }
+    }
+
+    [Test]
+    public void RestoreFaultsFailWithTheFileAndRegionAndTheEngineStaysUsable()
+    {
+        var tensors = Enumerable.Range(0, 5).Select(i => new TestFiles.HostTensor($"t{i}", DType.U8, [9000 + 100 * i], i)).ToList();
+        using var engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 4096, StagingBytes = 4096 * 6, IoThreads = 3 });
+        string path = _files.PathOf("r.thaw");
+        Snapshot s = TestFiles.Freeze(engine, path, tensors);
+        ulong arena = engine.Allocate(s.DataLength);
+        int injected = 0;
+        try
+        {
+            RestorePlan plan = RestorePlan.IntoArena(s, arena);
+            foreach (int kind in new[] { Core.FaultReadEio, Core.FaultShortRead, Core.FaultCopy, Core.FaultEvent })
+            {
+                for (long after = 0; ; after++)
+                {
+                    Core.FaultInject(kind, after);
+                    Exception? error = null;
+                    try
+                    {
+                        engine.Restore(plan);
+                    }
+                    catch (Exception e)
+                    {
+                        error = e;
+                    }
+                    if (Core.FaultInject(Core.FaultNone, -1) == 0)
+                        break;
+                    injected++;
+                    Assert.That(error, Is.InstanceOf<ThawException>().Or.InstanceOf<IOException>(), $"fault {kind} at {after}");
+                    Assert.That(error!.Message, Does.Contain(path));
+                    Assert.DoesNotThrow(() => engine.Restore(plan, new RestoreOptions { Verify = true }));
+                }
+            }
+        }
+        finally
+        {
+            engine.Free(arena);
+            tensors.ForEach(t => t.Dispose());
+        }
+        TestContext.Out.WriteLine($"restore faults injected: {injected}");
+        Assert.That(injected, Is.GreaterThan(20));
+    }
+
+    private static void Run(string file, string arguments)
+    {
+        using var process = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        process.WaitForExit();
+        Assert.That(process.ExitCode, Is.Zero, process.StandardError.ReadToEnd());
+    }
+}
