@@ -89,13 +89,6 @@ public sealed class HuggingFaceCheckpoint
         var info = new FileInfo(path);
         if (info.Length > SafetensorsFile.MaxHeaderBytes)
             throw new ThawFormatException(path, $"{info.Length} bytes is too large for an index");
-        try
-        {
-            return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 8 });
-        }
-        catch (JsonException e)
-        {
-            throw new ThawFormatException(path, $"not valid JSON: {e.Message}");
-        }
+        return SafetensorsFile.ParseJson(path, File.ReadAllBytes(path), "the index");
     }
 }

@@ -57,15 +57,7 @@ public sealed class SafetensorsFile
     {
         long dataStart = 8 + json.Length;
         long dataLength = fileLength - dataStart;
-        JsonDocument document;
-        try
-        {
-            document = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 8 });
-        }
-        catch (JsonException e)
-        {
-            throw new ThawFormatException(path, $"safetensors header is not valid JSON: {e.Message}");
-        }
+        JsonDocument document = ParseJson(path, json, "safetensors header");
         using (document)
         {
             if (document.RootElement.ValueKind != JsonValueKind.Object)
@@ -98,6 +90,26 @@ public sealed class SafetensorsFile
                     throw new ThawFormatException(path, $"tensors '{tensors[i - 1].Name}' and '{tensors[i].Name}' overlap");
             }
             return new SafetensorsFile(path, fileLength, tensors, metadata);
+        }
+    }
+
+    private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    /// <summary>Parses JSON that must be valid UTF-8 throughout (property names are only decoded on access).</summary>
+    internal static JsonDocument ParseJson(string path, byte[] json, string what)
+    {
+        try
+        {
+            StrictUtf8.GetCharCount(json);
+            return JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 8 });
+        }
+        catch (System.Text.DecoderFallbackException)
+        {
+            throw new ThawFormatException(path, $"{what} is not valid UTF-8");
+        }
+        catch (JsonException e)
+        {
+            throw new ThawFormatException(path, $"{what} is not valid JSON: {e.Message}");
         }
     }
 
