@@ -116,25 +116,24 @@ def _path(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
 
-def snapshot_info(path) -> dict:
+def _describe(function_name, path) -> dict:
     lib = library()
     out = ctypes.c_void_p()
-    _check(lib, lib.thaw_snapshot_info(_path(path), ctypes.byref(out)))
+    _check(lib, getattr(lib, function_name)(_path(path), ctypes.byref(out)))
     try:
         return json.loads(ctypes.string_at(out).decode("utf-8"))
     finally:
         lib.thaw_free(out)
+
+
+def snapshot_info(path) -> dict:
+    """A snapshot's header: tensors (name, dtype, shape, offset, length, crc32c), metadata, rank."""
+    return _describe("thaw_snapshot_info", path)
 
 
 def safetensors_info(path) -> dict:
     """A safetensors file's tensors in the snapshot-info shape (offsets from the file start)."""
-    lib = library()
-    out = ctypes.c_void_p()
-    _check(lib, lib.thaw_safetensors_info(_path(path), ctypes.byref(out)))
-    try:
-        return json.loads(ctypes.string_at(out).decode("utf-8"))
-    finally:
-        lib.thaw_free(out)
+    return _describe("thaw_safetensors_info", path)
 
 
 def device_count(kind: int) -> int:
