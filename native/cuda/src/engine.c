@@ -224,7 +224,6 @@ typedef struct {
     atomic_ullong bytes_copied;
     atomic_llong last_progress_ms;
     uint64_t bytes_total;
-    double started;
 
     pthread_mutex_t error_lock;
     int error_code;
@@ -499,7 +498,7 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
     int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &chunk_count);
     restore_job job = {
         .engine = e, .path = path, .fd = fd, .extents = extents, .segments = segments,
-        .options = options, .verify = verify, .started = started, .failed_region = UINT32_MAX,
+        .options = options, .verify = verify, .failed_region = UINT32_MAX,
     };
     pthread_mutex_init(&job.error_lock, NULL);
     if (!rc) {
