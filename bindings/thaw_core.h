@@ -143,6 +143,31 @@ int thawcore_engine_check_destination(thawcore_engine *engine, uint64_t address,
 int thawcore_engine_device_alloc(thawcore_engine *engine, uint64_t length, uint64_t *address_out);
 int thawcore_engine_device_free(thawcore_engine *engine, uint64_t address);
 int thawcore_engine_copy_to_host(thawcore_engine *engine, void *host, uint64_t address, uint64_t length);
+/* ---- Host-cache pool support (thaw pool) ---- */
+
+/* One host-to-device copy: pinned (or, on the mock, any) host memory to a device address. */
+typedef struct thawcore_copy {
+    uint64_t host_address;
+    uint64_t device_address;
+    uint64_t length;
+} thawcore_copy;
+
+/* Pins host memory the caller owns for fast copies (CUDA: cuMemHostRegister; mock: nothing). */
+int thawcore_engine_pin_host(thawcore_engine *engine, void *host, uint64_t length);
+int thawcore_engine_unpin_host(thawcore_engine *engine, void *host);
+
+/* Opens another process's device allocation from its IPC handle. CUDA: the 64-byte
+ * CUipcMemHandle (cudaIpcMemHandle_t). Mock: the path of a shared-memory file, mapped
+ * read-write. *address_out is the allocation's start; close it with thawcore_engine_ipc_close. */
+int thawcore_engine_ipc_open(thawcore_engine *engine, const void *handle, uint32_t handle_length,
+                             uint64_t *address_out);
+int thawcore_engine_ipc_close(thawcore_engine *engine, uint64_t address);
+/* The 64-byte CUDA IPC handle of an allocation of this process (CUDA only). */
+int thawcore_engine_ipc_handle(thawcore_engine *engine, uint64_t address, void *handle_out, uint32_t handle_capacity);
+
+/* Runs the copies over all lanes (split into chunk-sized pieces) and waits for all of them. */
+int thawcore_engine_copy_host_to_device(thawcore_engine *engine, const thawcore_copy *copies, uint32_t count);
+
 /* Test support. Arms one fault for the whole process: the after-th time (counting
  * from 0) the core reaches a point of that kind, it fails there as the real fault
  * would. after < 0 disarms. Returns how many times the previously armed fault fired. */

@@ -121,6 +121,32 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_to_host")]
         internal static unsafe partial int EngineCopyToHost(EngineHandle engine, void* host, ulong address, ulong length);
 
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct Copy
+        {
+            public ulong HostAddress;
+            public ulong DeviceAddress;
+            public ulong Length;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_pin_host")]
+        internal static unsafe partial int EnginePinHost(EngineHandle engine, void* host, ulong length);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_unpin_host")]
+        internal static unsafe partial int EngineUnpinHost(EngineHandle engine, void* host);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_ipc_open")]
+        internal static unsafe partial int EngineIpcOpen(EngineHandle engine, byte* handle, uint handleLength, out ulong address);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_ipc_close")]
+        internal static partial int EngineIpcClose(EngineHandle engine, ulong address);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_ipc_handle")]
+        internal static unsafe partial int EngineIpcHandle(EngineHandle engine, ulong address, byte* handle, uint capacity);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_host_to_device")]
+        internal static unsafe partial int EngineCopyHostToDevice(EngineHandle engine, Copy* copies, uint count);
+
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
             FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7;
 

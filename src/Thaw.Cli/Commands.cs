@@ -71,12 +71,35 @@ internal static class Commands
         DeviceKind defaultDevice = ThawEngine.DeviceCount(DeviceKind.Cuda) > 0 ? DeviceKind.Cuda : DeviceKind.Mock;
         var options = new RestoreOptions { IoMode = a.GetEnum("io", IoMode.Auto), Verify = a.Has("verify") };
         bool check = a.Has("check");
+        string? pool = a.Has("pool") ? a.Get("pool") ?? Thaw.Interop.Pool.PoolProtocol.DefaultSocketPath() : null;
         int repeat = (int)a.GetLong("repeat", 1, 1, 1000);
         var progress = new ProgressReporter("restore", a.Has("quiet") || repeat > 1);
         using ThawEngine engine = CreateEngine(a, defaultDevice);
         a.Finish(1);
 
         Snapshot snapshot = SnapshotReader.Read(path);
+        if (pool is not null)
+        {
+            var viaPool = new List<double>();
+            for (int i = 0; i < repeat; i++)
+            {
+                RestoreResult? r = PoolCommands.RestoreThroughPool(engine, snapshot, pool, check && i == repeat - 1);
+                if (r is null)
+                    break;
+                viaPool.Add(r.Seconds);
+                Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Size(r.Bytes)}) through the pool to {engine.Kind.ToString().ToLowerInvariant()}:{engine.Ordinal} " +
+                    $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s");
+            }
+            if (viaPool.Count == repeat)
+            {
+                if (repeat > 1)
+                {
+                    double median = viaPool.Order().ElementAt(viaPool.Count / 2);
+                    Console.Out.WriteLine($"median: {median:F3} s = {snapshot.TensorBytes / median / 1e9:F2} GB/s over {repeat} runs through the pool");
+                }
+                return 0;
+            }
+        }
         using var cancel = CancelOnCtrlC();
         ulong arena = engine.Allocate(Math.Max(snapshot.DataLength, 1));
         try
@@ -121,7 +144,7 @@ internal static class Commands
     }
 
     /// <summary>Reads each restored region back to the host and compares its CRC32C with the snapshot's.</summary>
-    private static void CheckArena(ThawEngine engine, Snapshot snapshot, ulong arena)
+    internal static void CheckArena(ThawEngine engine, Snapshot snapshot, ulong arena)
     {
         byte[] buffer = [];
         foreach (TensorEntry t in snapshot.Tensors)

@@ -24,6 +24,10 @@ internal static class Program
               --verify                      check CRC32C while restoring
               --check                       read the restored bytes back and compare their checksums
               --repeat N                    restore N times and report each and the median
+              --pool SOCKET                 restore through a running pool (falls back to the file)
+          pool serve [--socket P] [--device mock|cuda] [--budget-mib N] [--allow-uids U,V]
+                                            hold snapshots in pinned memory and serve restores
+          pool load|evict <snapshot> [--socket P]   pool list|status [--socket P]
           generate <dir> [--size-mib N] [--shards N] [--seed N]
                                             write a synthetic Llama-shaped safetensors checkpoint
 
@@ -56,6 +60,7 @@ internal static class Program
                 "verify" => Commands.Verify(arguments),
                 "restore" => Commands.Restore(arguments),
                 "generate" => Commands.Generate(arguments),
+                "pool" => PoolCommands.Run(arguments),
                 _ => throw new UsageException($"unknown command '{args[0]}'"),
             };
         }

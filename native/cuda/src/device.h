@@ -27,6 +27,10 @@ typedef struct thaw_device_ops {
     int (*mem_alloc)(thaw_device *dev, uint64_t length, uint64_t *out);
     int (*mem_free)(thaw_device *dev, uint64_t address);
     int (*mem_info)(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);
+    int (*pin_host)(thaw_device *dev, void *host, uint64_t length);
+    int (*unpin_host)(thaw_device *dev, void *host);
+    int (*ipc_open)(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out);
+    int (*ipc_close)(thaw_device *dev, uint64_t address);
     void (*close)(thaw_device *dev);
 } thaw_device_ops;
 
@@ -39,5 +43,6 @@ struct thaw_device {
 int thaw_device_open_mock(int ordinal, thaw_device *out);
 int thaw_device_open_cuda(int ordinal, thaw_device *out);
 int thaw_device_count_cuda(void);
+int thaw_cuda_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
 typedef int CUresult;
@@ -19,6 +20,7 @@ typedef void *CUcontext;
 typedef void *CUstream;
 typedef void *CUevent;
 typedef uint64_t CUdeviceptr;
+typedef struct { char reserved[64]; } CUipcMemHandle;
 
 enum {
     CUDA_SUCCESS = 0,
@@ -59,6 +61,9 @@ static struct {
     CUresult (*cuEventRecord)(CUevent, CUstream);
     CUresult (*cuEventSynchronize)(CUevent);
     CUresult (*cuPointerGetAttribute)(void *, int, CUdeviceptr);
+    CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned);
+    CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
+    CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
 } cu;
 
 static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
@@ -101,6 +106,9 @@ static void load_driver(void)
         SYM(cuEventRecord, "cuEventRecord"),
         SYM(cuEventSynchronize, "cuEventSynchronize"),
         SYM(cuPointerGetAttribute, "cuPointerGetAttribute"),
+        SYM(cuIpcOpenMemHandle, "cuIpcOpenMemHandle_v2"),
+        SYM(cuIpcCloseMemHandle, "cuIpcCloseMemHandle"),
+        SYM(cuIpcGetMemHandle, "cuIpcGetMemHandle"),
 #undef SYM
     };
     for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
@@ -322,6 +330,58 @@ static int cuda_mem_info(thaw_device *dev, uint64_t *free_bytes, uint64_t *total
     return 0;
 }
 
+static int cuda_pin_host(thaw_device *dev, void *host, uint64_t length)
+{
+    (void)dev;
+    CU_CHECK(cu.cuMemHostRegister(host, length, CU_MEMHOSTREGISTER_PORTABLE), "cuMemHostRegister");
+    return 0;
+}
+
+static int cuda_unpin_host(thaw_device *dev, void *host)
+{
+    (void)dev;
+    CU_CHECK(cu.cuMemHostUnregister(host), "cuMemHostUnregister");
+    return 0;
+}
+
+static int cuda_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    CUipcMemHandle h;
+    if (handle_length != sizeof h)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "a CUDA IPC handle is 64 bytes, not %u", handle_length);
+    memcpy(&h, handle, sizeof h);
+    CUresult r = cu.cuIpcOpenMemHandle((CUdeviceptr *)address_out, h, 1 /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS */);
+    if (r != CUDA_SUCCESS) {
+        const char *text = "unknown error";
+        cu.cuGetErrorString(r, &text);
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open the CUDA IPC handle: %s (CUresult %d)", text, r);
+    }
+    return 0;
+}
+
+static int cuda_ipc_close(thaw_device *dev, uint64_t address)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    CU_CHECK(cu.cuIpcCloseMemHandle(address), "cuIpcCloseMemHandle");
+    return 0;
+}
+
+int thaw_cuda_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity)
+{
+    int rc = cuda_bind_thread(dev);
+    if (rc)
+        return rc;
+    if (capacity < sizeof(CUipcMemHandle))
+        return thaw_fail(-EINVAL, "a CUDA IPC handle needs 64 bytes");
+    CU_CHECK(cu.cuIpcGetMemHandle((CUipcMemHandle *)handle_out, address), "cuIpcGetMemHandle");
+    return (int)sizeof(CUipcMemHandle);
+}
+
 static void cuda_close(thaw_device *dev)
 {
     cuda_state *state = dev->state;
@@ -347,6 +407,10 @@ static const thaw_device_ops cuda_ops = {
     .mem_alloc = cuda_mem_alloc,
     .mem_free = cuda_mem_free,
     .mem_info = cuda_mem_info,
+    .pin_host = cuda_pin_host,
+    .unpin_host = cuda_unpin_host,
+    .ipc_open = cuda_ipc_open,
+    .ipc_close = cuda_ipc_close,
     .close = cuda_close,
 };
 

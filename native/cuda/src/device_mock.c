@@ -5,6 +5,11 @@
 #include "thaw_core.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,6 +87,62 @@ static int mock_mem_info(thaw_device *dev, uint64_t *free_bytes, uint64_t *total
     return 0;
 }
 
+static int mock_pin_host(thaw_device *dev, void *host, uint64_t length) { (void)dev; (void)host; (void)length; return 0; }
+static int mock_unpin_host(thaw_device *dev, void *host) { (void)dev; (void)host; return 0; }
+
+/* Mock IPC: the "handle" is the path of a shared-memory file, as /dev/shm files are. */
+static struct mapping { uint64_t address; size_t length; struct mapping *next; } *mappings;
+static pthread_mutex_t mappings_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int mock_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out)
+{
+    (void)dev;
+    char path[4096];
+    if (handle_length == 0 || handle_length >= sizeof path)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle of %u bytes is not a path", handle_length);
+    memcpy(path, handle, handle_length);
+    path[handle_length] = '\0';
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open mock IPC handle %s: %s", path, strerror(errno));
+    struct stat st;
+    void *map = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && st.st_size > 0)
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    struct mapping *m = map == MAP_FAILED ? NULL : malloc(sizeof *m);
+    if (!m) {
+        if (map != MAP_FAILED)
+            munmap(map, (size_t)st.st_size);
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot map mock IPC handle %s", path);
+    }
+    *m = (struct mapping){ (uint64_t)(uintptr_t)map, (size_t)st.st_size, NULL };
+    pthread_mutex_lock(&mappings_lock);
+    m->next = mappings;
+    mappings = m;
+    pthread_mutex_unlock(&mappings_lock);
+    *address_out = m->address;
+    return 0;
+}
+
+static int mock_ipc_close(thaw_device *dev, uint64_t address)
+{
+    (void)dev;
+    pthread_mutex_lock(&mappings_lock);
+    struct mapping **at = &mappings;
+    while (*at && (*at)->address != address)
+        at = &(*at)->next;
+    struct mapping *m = *at;
+    if (m)
+        *at = m->next;
+    pthread_mutex_unlock(&mappings_lock);
+    if (!m)
+        return thaw_fail(-EINVAL, "mock IPC address 0x%llx is not open", (unsigned long long)address);
+    munmap((void *)(uintptr_t)m->address, m->length);
+    free(m);
+    return 0;
+}
+
 static void mock_close(thaw_device *dev) { (void)dev; }
 
 static const thaw_device_ops mock_ops = {
@@ -102,6 +163,10 @@ static const thaw_device_ops mock_ops = {
     .mem_alloc = mock_mem_alloc,
     .mem_free = mock_mem_free,
     .mem_info = mock_mem_info,
+    .pin_host = mock_pin_host,
+    .unpin_host = mock_unpin_host,
+    .ipc_open = mock_ipc_open,
+    .ipc_close = mock_ipc_close,
     .close = mock_close,
 };
 

@@ -730,3 +730,146 @@ int thawcore_engine_device_memory(thawcore_engine *e, uint64_t *free_out, uint64
         return thaw_fail(-EINVAL, "missing argument");
     return e->dev.ops->mem_info(&e->dev, free_out, total_out);
 }
+
+/* ---- host-cache pool support ---- */
+
+int thawcore_engine_pin_host(thawcore_engine *e, void *host, uint64_t length)
+{
+    thaw_clear_error();
+    if (!e || !host)
+        return thaw_fail(-EINVAL, "missing argument");
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    return rc ? rc : e->dev.ops->pin_host(&e->dev, host, length);
+}
+
+int thawcore_engine_unpin_host(thawcore_engine *e, void *host)
+{
+    thaw_clear_error();
+    if (!e || !host)
+        return thaw_fail(-EINVAL, "missing argument");
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    return rc ? rc : e->dev.ops->unpin_host(&e->dev, host);
+}
+
+int thawcore_engine_ipc_open(thawcore_engine *e, const void *handle, uint32_t handle_length, uint64_t *address_out)
+{
+    thaw_clear_error();
+    if (!e || !handle || !address_out)
+        return thaw_fail(-EINVAL, "missing argument");
+    return e->dev.ops->ipc_open(&e->dev, handle, handle_length, address_out);
+}
+
+int thawcore_engine_ipc_close(thawcore_engine *e, uint64_t address)
+{
+    thaw_clear_error();
+    if (!e)
+        return thaw_fail(-EINVAL, "no engine");
+    return e->dev.ops->ipc_close(&e->dev, address);
+}
+
+typedef struct {
+    thawcore_engine *engine;
+    const thawcore_copy *copies;
+    uint32_t count;
+    atomic_ullong next_piece; /* pieces of all copies, numbered in order */
+    uint64_t *piece_start;    /* first piece number of each copy, count + 1 entries */
+    atomic_int failed;
+    pthread_mutex_t error_lock;
+    int error_code;
+    char error_text[1024];
+} copy_job;
+
+typedef struct { copy_job *job; uint32_t lane; } copy_arg;
+
+static void *copy_lane_main(void *arg)
+{
+    copy_arg *a = arg;
+    copy_job *job = a->job;
+    thawcore_engine *e = job->engine;
+    lane *l = &e->lanes[a->lane];
+    uint64_t total = job->piece_start[job->count];
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    uint32_t copy = 0;
+    while (!rc && !atomic_load(&job->failed)) {
+        uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
+        if (piece >= total)
+            break;
+        while (job->piece_start[copy + 1] <= piece)
+            copy++;
+        while (job->piece_start[copy] > piece)
+            copy--;
+        const thawcore_copy *c = &job->copies[copy];
+        uint64_t offset = (piece - job->piece_start[copy]) * e->chunk;
+        uint64_t n = c->length - offset < e->chunk ? c->length - offset : e->chunk;
+        rc = e->dev.ops->copy_h2d_async(&e->dev, c->device_address + offset,
+                                        (const void *)(uintptr_t)(c->host_address + offset), (size_t)n, l->stream);
+        if (rc)
+            rc = thaw_fail_context(rc, "copying piece %llu of copy %u to the device", (unsigned long long)piece, copy);
+    }
+    int wait = e->dev.ops->stream_wait(&e->dev, l->stream);
+    if (!rc)
+        rc = wait;
+    if (rc) {
+        pthread_mutex_lock(&job->error_lock);
+        if (!job->error_code) {
+            job->error_code = rc;
+            snprintf(job->error_text, sizeof job->error_text, "%s", thaw_error_text());
+        }
+        pthread_mutex_unlock(&job->error_lock);
+        atomic_store(&job->failed, 1);
+    }
+    return NULL;
+}
+
+int thawcore_engine_copy_host_to_device(thawcore_engine *e, const thawcore_copy *copies, uint32_t count)
+{
+    thaw_clear_error();
+    if (!e || (count && !copies))
+        return thaw_fail(-EINVAL, "missing argument");
+    for (uint32_t i = 0; i < count; i++)
+        if (copies[i].length && (!copies[i].host_address || !copies[i].device_address))
+            return thaw_fail(-EINVAL, "copy %u has no source or destination", i);
+    uint64_t *piece_start = malloc(((size_t)count + 1) * sizeof(uint64_t));
+    if (!piece_start)
+        return thaw_fail(-ENOMEM, "out of host memory");
+    piece_start[0] = 0;
+    for (uint32_t i = 0; i < count; i++)
+        piece_start[i + 1] = piece_start[i] + (copies[i].length + e->chunk - 1) / e->chunk;
+    pthread_mutex_lock(&e->lock);
+    copy_job job = { .engine = e, .copies = copies, .count = count, .piece_start = piece_start };
+    pthread_mutex_init(&job.error_lock, NULL);
+    uint64_t pieces = piece_start[count];
+    uint32_t lanes = pieces < e->lane_count ? (uint32_t)pieces : e->lane_count;
+    pthread_t threads[MAX_THREADS];
+    copy_arg args[MAX_THREADS];
+    uint32_t started = 0;
+    for (uint32_t i = 0; i < lanes; i++) {
+        args[i] = (copy_arg){ &job, i };
+        if (pthread_create(&threads[i], NULL, copy_lane_main, &args[i]) != 0)
+            break;
+        started++;
+    }
+    if (lanes && !started) {
+        job.error_code = thaw_fail(-EAGAIN, "cannot start copy threads");
+        snprintf(job.error_text, sizeof job.error_text, "%s", thaw_error_text());
+    }
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    int rc = job.error_code;
+    if (rc)
+        thaw_set_error_text(job.error_text);
+    pthread_mutex_destroy(&job.error_lock);
+    pthread_mutex_unlock(&e->lock);
+    free(piece_start);
+    return rc;
+}
+
+int thawcore_engine_ipc_handle(thawcore_engine *e, uint64_t address, void *handle_out, uint32_t handle_capacity)
+{
+    thaw_clear_error();
+    if (!e || !handle_out)
+        return thaw_fail(-EINVAL, "missing argument");
+    if (strcmp(e->dev.ops->name, "cuda") == 0)
+        return thaw_cuda_ipc_handle(&e->dev, address, handle_out, handle_capacity);
+    return thaw_fail(-EINVAL, "IPC handles of engine allocations exist only on CUDA; the mock shares files instead");
+}

@@ -186,6 +186,38 @@ public sealed class ThawEngine : IDisposable
         return ((long)free, (long)total);
     }
 
+    /// <summary>Pins host memory this process owns, for copies at the DMA engines' rate.</summary>
+    public unsafe void PinHost(void* host, long length) => NativeErrors.Check(EnginePinHost(_handle, host, (ulong)length));
+
+    public unsafe void UnpinHost(void* host) => NativeErrors.Check(EngineUnpinHost(_handle, host));
+
+    /// <summary>Opens another process's allocation (CUDA: its 64-byte IPC handle; mock: a shared-memory file path).</summary>
+    /// <exception cref="ThawMismatchException">The handle cannot be opened.</exception>
+    public unsafe ulong IpcOpen(ReadOnlySpan<byte> handle)
+    {
+        fixed (byte* p = handle)
+        {
+            NativeErrors.Check(EngineIpcOpen(_handle, p, (uint)handle.Length, out ulong address));
+            return address;
+        }
+    }
+
+    public void IpcClose(ulong address) => NativeErrors.Check(EngineIpcClose(_handle, address));
+
+    /// <summary>The CUDA IPC handle of an allocation of this process (CUDA engines only).</summary>
+    public unsafe byte[] IpcHandle(ulong address)
+    {
+        byte[] handle = new byte[64];
+        fixed (byte* p = handle)
+            return handle[..NativeErrors.Check(EngineIpcHandle(_handle, address, p, (uint)handle.Length))];
+    }
+
+    internal unsafe void CopyHostToDevice(Copy[] copies)
+    {
+        fixed (Copy* p = copies)
+            NativeErrors.Check(EngineCopyHostToDevice(_handle, p, (uint)copies.Length));
+    }
+
     public void Dispose() => _handle.Dispose();
 
     [UnmanagedCallersOnly]

@@ -1,0 +1,187 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Thaw.Interop.Format;
+using Thaw.Interop.Restore;
+using Copy = Thaw.Interop.Native.Interop.ThawCore.Copy;
+
+namespace Thaw.Interop.Pool;
+
+/// <summary>A tensor a client wants: its name, the IPC handle of the allocation it lies
+/// in, its byte offset inside that allocation, and the bytes available there.</summary>
+public sealed record PoolTarget(string Name, byte[] Handle, long Offset, long Capacity);
+
+public sealed record PoolEntryInfo(string Path, long Bytes, int Tensors, long Hits, long BytesServed, DateTime LastUsed);
+
+/// <summary>Snapshots held once in pinned host memory, up to a budget, least recently
+/// used evicted first, restored into any process's device memory through IPC handles.</summary>
+public sealed unsafe class SnapshotPool : IDisposable
+{
+    private sealed class Entry(Snapshot snapshot, byte* buffer)
+    {
+        public Snapshot Snapshot { get; } = snapshot;
+        public byte* Buffer { get; } = buffer;
+        public long Hits;
+        public long BytesServed;
+        public DateTime LastUsed = DateTime.UtcNow;
+        public int InUse;
+    }
+
+    private readonly ThawEngine _device;
+    private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly Lock _lock = new();
+
+    public SnapshotPool(ThawEngine device, long budgetBytes)
+    {
+        _device = device;
+        BudgetBytes = budgetBytes;
+    }
+
+    public long BudgetBytes { get; }
+    public long UsedBytes { get { lock (_lock) return _entries.Values.Sum(e => e.Snapshot.DataLength); } }
+
+    private static string Key(string path) => Path.GetFullPath(path);
+
+    /// <summary>Reads a snapshot into pinned memory (checking every region's CRC32C), evicting
+    /// least recently used snapshots to stay inside the budget. Loading one already held only touches it.</summary>
+    /// <exception cref="ThawException">The snapshot alone is larger than the budget.</exception>
+    public PoolEntryInfo Load(string path)
+    {
+        string key = Key(path);
+        lock (_lock)
+        {
+            if (_entries.TryGetValue(key, out Entry? held))
+            {
+                held.LastUsed = DateTime.UtcNow;
+                return Info(key, held);
+            }
+        }
+        Snapshot snapshot = SnapshotReader.Read(key);
+        if (snapshot.DataLength > BudgetBytes)
+            throw new ThawException(ThawErrorKind.OutOfHostMemory,
+                $"{key}: {snapshot.DataLength} bytes do not fit the pool's budget of {BudgetBytes}");
+        byte* buffer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(snapshot.DataLength, 4096), 4096);
+        try
+        {
+            using (var reader = ThawEngine.Create(DeviceKind.Mock))
+                reader.Restore(RestorePlan.IntoArena(snapshot, (ulong)buffer), new RestoreOptions { Verify = true });
+            _device.PinHost(buffer, Math.Max(snapshot.DataLength, 4096));
+        }
+        catch
+        {
+            NativeMemory.AlignedFree(buffer);
+            throw;
+        }
+        lock (_lock)
+        {
+            while (_entries.Values.Sum(e => e.Snapshot.DataLength) + snapshot.DataLength > BudgetBytes)
+            {
+                var victim = _entries.Where(kv => kv.Value.InUse == 0).OrderBy(kv => kv.Value.LastUsed).FirstOrDefault();
+                if (victim.Value is null)
+                    break; // everything else is being served; go over budget briefly rather than fail
+                Release(victim.Key, victim.Value);
+            }
+            var entry = new Entry(snapshot, buffer);
+            _entries[key] = entry;
+            return Info(key, entry);
+        }
+    }
+
+    public bool Evict(string path)
+    {
+        lock (_lock)
+        {
+            if (!_entries.TryGetValue(Key(path), out Entry? entry) || entry.InUse > 0)
+                return false;
+            Release(Key(path), entry);
+            return true;
+        }
+    }
+
+    public IReadOnlyList<PoolEntryInfo> List()
+    {
+        lock (_lock)
+            return _entries.Select(kv => Info(kv.Key, kv.Value)).OrderBy(i => i.Path, StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>Copies the named tensors from pinned memory into the client's allocations.</summary>
+    /// <exception cref="FileNotFoundException">The pool does not hold the snapshot.</exception>
+    /// <exception cref="ThawMismatchException">A name the snapshot lacks, a destination too small, or a handle that cannot be opened.</exception>
+    public RestoreResult Restore(string path, IReadOnlyList<PoolTarget> targets)
+    {
+        string key = Key(path);
+        Entry entry;
+        lock (_lock)
+        {
+            if (!_entries.TryGetValue(key, out entry!))
+                throw new FileNotFoundException($"the pool does not hold {key}", key);
+            entry.InUse++;
+        }
+        var opened = new Dictionary<string, ulong>(StringComparer.Ordinal);
+        var started = Stopwatch.StartNew();
+        try
+        {
+            var copies = new List<Copy>(targets.Count);
+            long bytes = 0;
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (PoolTarget target in targets)
+            {
+                int region = entry.Snapshot.IndexOf(target.Name);
+                if (region < 0 || !seen.Add(target.Name))
+                    throw new ThawMismatchException($"{key}: the snapshot has no tensor '{target.Name}', or it is asked twice");
+                TensorEntry tensor = entry.Snapshot.Tensors[region];
+                if (target.Capacity < tensor.Length || target.Offset < 0)
+                    throw new ThawMismatchException($"{key}: the destination of tensor '{tensor.Name}' holds {target.Capacity} bytes, the snapshot region has {tensor.Length}");
+                string handleKey = Convert.ToBase64String(target.Handle);
+                if (!opened.TryGetValue(handleKey, out ulong baseAddress))
+                {
+                    try
+                    {
+                        baseAddress = _device.IpcOpen(target.Handle);
+                    }
+                    catch (ThawMismatchException e)
+                    {
+                        throw new ThawMismatchException($"tensor '{tensor.Name}': {e.Message}");
+                    }
+                    opened[handleKey] = baseAddress;
+                }
+                if (tensor.Length > 0)
+                    copies.Add(new Copy { HostAddress = (ulong)(entry.Buffer + tensor.Offset), DeviceAddress = baseAddress + (ulong)target.Offset, Length = (ulong)tensor.Length });
+                bytes += tensor.Length;
+            }
+            _device.CopyHostToDevice(copies.ToArray());
+            lock (_lock)
+            {
+                entry.Hits++;
+                entry.BytesServed += bytes;
+                entry.LastUsed = DateTime.UtcNow;
+            }
+            return new RestoreResult(bytes, 0, started.Elapsed.TotalSeconds, IoMode.Buffered, 0);
+        }
+        finally
+        {
+            foreach (ulong address in opened.Values)
+                _device.IpcClose(address);
+            lock (_lock)
+                entry.InUse--;
+        }
+    }
+
+    private void Release(string key, Entry entry)
+    {
+        _entries.Remove(key);
+        _device.UnpinHost(entry.Buffer);
+        NativeMemory.AlignedFree(entry.Buffer);
+    }
+
+    private static PoolEntryInfo Info(string key, Entry e) =>
+        new(key, e.Snapshot.DataLength, e.Snapshot.Tensors.Count, e.Hits, e.BytesServed, e.LastUsed);
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var (key, entry) in _entries.ToList())
+                Release(key, entry);
+        }
+    }
+}
