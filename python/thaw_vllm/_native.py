@@ -97,8 +97,9 @@ def _declare(lib):
     lib.thaw_restore_safetensors.argtypes = lib.thaw_restore.argtypes
     lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
+    lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
-    for name in ("thaw_device_count", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
+    for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
                  "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify"):
         getattr(lib, name).restype = c.c_int
 
@@ -134,6 +135,16 @@ def snapshot_info(path) -> dict:
 def safetensors_info(path) -> dict:
     """A safetensors file's tensors in the snapshot-info shape (offsets from the file start)."""
     return _describe("thaw_safetensors_info", path)
+
+
+def pool_default_socket() -> str:
+    lib = library()
+    out = ctypes.c_void_p()
+    _check(lib, lib.thaw_pool_default_socket(ctypes.byref(out)))
+    try:
+        return ctypes.string_at(out).decode("utf-8")
+    finally:
+        lib.thaw_free(out)
 
 
 def device_count(kind: int) -> int:

@@ -102,13 +102,15 @@ def _restore(path, tensors: dict, safetensors: bool, engine_options: dict):
     return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}
 
 
-def restore_into(module_or_state_dict, path, strict: bool = True, **engine_options) -> dict:
+def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **engine_options) -> dict:
     """Restores a snapshot in place into the tensors of a module or a state dict.
 
     Every destination must be contiguous and match the snapshot's dtype and shape.
     With strict, the snapshot (its tensors and their recorded aliases) and the
     destination must hold the same names. Returns {"bytes", "seconds", "gbps"}.
     engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
+    pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
+    holds the snapshot, one log line says so and the file is read instead.
     """
     tensors = _tensors_of(module_or_state_dict)
     header = info(path)
@@ -123,7 +125,16 @@ def restore_into(module_or_state_dict, path, strict: bool = True, **engine_optio
                 f"{path}: snapshot and destination differ: missing from the snapshot {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''}, not in the destination {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''}")
-    stats = _restore(path, {n: t for n, t in tensors.items() if n in regions}, False, engine_options)
+    wanted = {n: t for n, t in tensors.items() if n in regions}
+    stats = None
+    if pool:
+        from .pool import PoolUnavailable, restore_tensors
+        try:
+            stats = restore_tensors(wanted, path, None if pool is True else pool)
+        except PoolUnavailable as e:
+            log.info("thaw: %s; restoring from the file", e)
+    if stats is None:
+        stats = _restore(path, wanted, False, engine_options)
     # An alias whose destination is not tied to its original gets the original's bytes.
     for alias, original in aliases.items():
         if alias in tensors and original in tensors and tensors[alias].data_ptr() != tensors[original].data_ptr():
@@ -166,6 +177,7 @@ def load_safetensors(path, device="cpu", **engine_options) -> dict:
     header = _native.safetensors_info(path)
     state = _arena_views(header, torch.device(device), aligned=True)
     engine_options.pop("verify", None)  # safetensors records no checksums
+    engine_options.pop("pool", None)    # pools hold snapshots, not checkpoints
     _restore(path, state, True, engine_options)
     return state
 

@@ -25,6 +25,7 @@ EXTRA_KEYS = {
     "snapshot": "snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)",
     "checkpoint": "Hugging Face safetensors checkpoint to stream instead (default: the model's own)",
     "draft_snapshot": "snapshot for the speculative-decoding draft model",
+    "pool": "a thaw pool socket to restore through (true: the default socket); falls back to the file",
     "io": "auto | buffered | direct",
     "verify": "check every region's CRC32C while restoring",
     "threads": "reader threads (0: one a core, up to 16)",
@@ -45,7 +46,7 @@ def validate_extra_config(extra) -> dict:
 
 
 def engine_options(extra) -> dict:
-    return {"io": extra.get("io", "auto"), "verify": bool(extra.get("verify", False)),
+    return {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": bool(extra.get("verify", False)),
             "threads": int(extra.get("threads", 0)), "chunk_bytes": int(extra.get("chunk_mib", 0)) << 20,
             "staging_bytes": int(extra.get("staging_mib", 0)) << 20}
 

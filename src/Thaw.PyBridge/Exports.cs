@@ -145,6 +145,14 @@ public static unsafe class Exports
         return 0;
     });
 
+    /// <summary>The pool socket clients use when none is named (THAW_POOL_SOCKET, else a per-user default).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_pool_default_socket")]
+    public static int PoolDefaultSocket(byte** pathOut) => Guard(() =>
+    {
+        *pathOut = ToNative(Thaw.Interop.Pool.PoolProtocol.DefaultSocketPath());
+        return 0;
+    });
+
     [UnmanagedCallersOnly(EntryPoint = "thaw_convert")]
     public static int Convert(byte* checkpoint, byte* output) => Guard(() =>
     {

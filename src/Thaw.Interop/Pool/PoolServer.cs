@@ -73,12 +73,9 @@ public sealed class PoolServer : IDisposable
         {
             var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
             uint uid = PeerUid(client);
-            if (!_allowedUids.Contains(uid))
-            {
-                Log?.Invoke($"refused a client of uid {uid}");
-                await writer.WriteLineAsync(PoolProtocol.Error(new UnauthorizedAccessException($"uid {uid} is not served by this pool")));
-                return;
-            }
+            bool allowed = _allowedUids.Contains(uid);
+            if (!allowed)
+                Log?.Invoke($"refusing the requests of a client of uid {uid}");
             var reader = new StreamReader(stream, Encoding.UTF8);
             while (!_stop.IsCancellationRequested)
             {
@@ -96,7 +93,8 @@ public sealed class PoolServer : IDisposable
                 string response;
                 try
                 {
-                    response = Handle(line);
+                    response = allowed ? Handle(line)
+                        : PoolProtocol.Error(new ThawException(ThawErrorKind.InvalidArgument, $"uid {uid} is not served by this pool"));
                 }
                 catch (Exception e)
                 {

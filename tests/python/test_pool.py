@@ -1,0 +1,67 @@
+"""The Python pool client against a real `thaw pool serve` on the mock device, whose IPC
+handles are shared-memory files; and the fallback when no pool serves."""
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import thaw_vllm
+from thaw_vllm import pool
+
+REPO = Path(__file__).resolve().parents[2]
+THAW = REPO / "build" / "publish" / "cli" / "thaw"
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not THAW.is_file():
+        pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
+    socket_path = tmp_path / "pool.sock"
+    process = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "mock",
+                                "--budget-mib", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(100):
+        if socket_path.exists():
+            break
+        time.sleep(0.05)
+    yield socket_path
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_restore_through_the_pool_into_shared_memory(tmp_path, server):
+    state = {"a": torch.randn(300, 7), "b": torch.arange(1000, dtype=torch.int64)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    assert pool.load(snapshot, server)["bytes"] > 0
+    header = thaw_vllm.info(snapshot)
+    shared = tmp_path / "device-memory"
+    size = header["file_length"] - header["data_offset"]
+    shared.write_bytes(b"\0" * size)
+    targets = [{"name": t["name"], "handle": pool.base64.b64encode(str(shared).encode()).decode(),
+                "offset": t["offset"], "capacity": t["length"]} for t in header["tensors"]]
+    assert pool.restore_targets(snapshot, targets, server)["bytes"] == sum(t["length"] for t in header["tensors"])
+    memory = torch.from_file(str(shared), shared=False, size=size, dtype=torch.uint8)
+    for t in header["tensors"]:
+        restored = memory[t["offset"]:t["offset"] + t["length"]]
+        assert restored.numpy().tobytes() == state[t["name"]].reshape(-1).view(torch.uint8).numpy().tobytes()
+    entry = pool.status(server)["snapshots"][0]
+    assert entry["hits"] == 1
+
+
+def test_without_a_pool_the_restore_falls_back_to_the_file_and_says_so(tmp_path, caplog):
+    state = {"w": torch.randn(64)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    target = {"w": torch.zeros(64)}
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        thaw_vllm.restore_into(target, snapshot, pool=tmp_path / "absent.sock")
+    assert torch.equal(target["w"], state["w"])
+    assert any("restoring from the file" in r.message for r in caplog.records)
+
+
+def test_a_pool_that_does_not_hold_the_snapshot_raises_unavailable(tmp_path, server):
+    with pytest.raises(pool.PoolUnavailable, match="does not hold"):
+        pool.restore_targets(tmp_path / "never-loaded.thaw", [], server)
