@@ -49,6 +49,11 @@ def cuda_target(name, tensor) -> dict:
     storage = tensor.untyped_storage() if hasattr(tensor, "untyped_storage") else tensor.storage()._untyped()
     shared = storage._share_cuda_()
     handle, storage_offset = shared[1], shared[3]
+    if len(handle) > 64:
+        # Newer torch prefixes the 64-byte cudaIpcMemHandle with its own version/type bytes.
+        if b"e" in handle[:len(handle) - 64]:
+            raise PoolUnavailable("tensors in expandable segments have no CUDA IPC handle the pool can open")
+        handle = handle[-64:]
     offset = storage_offset + tensor.storage_offset() * tensor.element_size()
     return {"name": name, "handle": base64.b64encode(handle).decode(), "offset": offset,
             "capacity": tensor.numel() * tensor.element_size()}
