@@ -35,13 +35,16 @@ def main():
     header = thaw_vllm.info(snapshot)
     model_bytes = header["tensor_bytes"]
     ceiling = pinned_h2d_ceiling()
+    socket_path.unlink(missing_ok=True)
     server = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "cuda",
                                "--budget-mib", str(40 << 10)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(200):
-            if socket_path.exists():
+            try:
+                pool.request({"op": "ping"}, socket_path)
                 break
-            time.sleep(0.05)
+            except pool.PoolUnavailable:
+                time.sleep(0.05)
         started = time.perf_counter()
         pool.load(snapshot, socket_path)
         print(f"pool load (read + CRC check + pin, 16 lanes): {time.perf_counter() - started:.2f} s", flush=True)
