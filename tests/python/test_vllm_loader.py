@@ -158,3 +158,12 @@ def test_plugin_entry_point_is_declared_in_the_package_metadata():
     plugins = project["project"]["entry-points"]["vllm.general_plugins"]
     assert plugins == {"thaw": "thaw_vllm.vllm_loader:register"}
     assert project["project"]["scripts"]["thaw"] == "thaw_vllm.cli:main"
+
+
+def test_pool_key_falls_back_to_the_file_when_no_pool_serves(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    reference = load(engine_config(checkpoint, "auto"))
+    freeze(reference, engine_config(checkpoint, "auto"), tmp_path / "snap")
+    extra = {"snapshot": str(tmp_path / "snap"), "pool": str(tmp_path / "absent.sock")}
+    assert_same(reference, load(engine_config(checkpoint, "thaw", extra)))
+    assert_same(load(engine_config(checkpoint, "auto")), load(engine_config(checkpoint, "thaw", {"pool": True})))
