@@ -51,6 +51,61 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The first failure of a job run on several threads: its code and message, the region
+ * it concerns, and a flag every worker polls to stop early. */
+typedef struct {
+    pthread_mutex_t lock;
+    atomic_int failed;
+    int code;
+    uint32_t region;
+    char text[1024];
+} first_failure;
+
+static void first_failure_init(first_failure *f)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->lock, NULL);
+    f->region = UINT32_MAX;
+}
+
+/* Keeps the first failure (with the calling thread's message); later ones only stop work. */
+static void first_failure_record(first_failure *f, int code, uint32_t region)
+{
+    pthread_mutex_lock(&f->lock);
+    if (!f->code) {
+        f->code = code;
+        f->region = region;
+        snprintf(f->text, sizeof f->text, "%s", thaw_error_text());
+    }
+    pthread_mutex_unlock(&f->lock);
+    atomic_store(&f->failed, 1);
+}
+
+/* Hands the failure's message to the calling thread; returns its code (0 when none). */
+static int first_failure_finish(first_failure *f)
+{
+    pthread_mutex_destroy(&f->lock);
+    if (f->code)
+        thaw_set_error_text(f->text);
+    return f->code;
+}
+
+/* Runs worker on `count` threads, each with its own element of args, and joins them all.
+ * A thread that cannot start is a failure; the ones already started see it and stop. */
+static void run_workers(uint32_t count, void *(*worker)(void *), void *args, size_t arg_size, first_failure *f)
+{
+    pthread_t threads[MAX_THREADS];
+    uint32_t started = 0;
+    for (; started < count; started++) {
+        if (pthread_create(&threads[started], NULL, worker, (char *)args + started * arg_size) != 0) {
+            first_failure_record(f, thaw_fail(-EAGAIN, "cannot start worker thread %u", started), UINT32_MAX);
+            break;
+        }
+    }
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+}
+
 int thawcore_device_count(int32_t device_kind)
 {
     thaw_clear_error();
@@ -79,7 +134,7 @@ static void release_lanes(thawcore_engine *e)
     free(e->lanes);
 }
 
-typedef struct { thawcore_engine *engine; uint32_t index; int rc; char error[1024]; } lane_setup;
+typedef struct { thawcore_engine *engine; uint32_t index; first_failure *failure; } lane_setup;
 
 /* Pinning memory costs about 0.4 ms a MiB; lanes pin their own slots in parallel. */
 static void *setup_lane(void *arg)
@@ -105,9 +160,8 @@ static void *setup_lane(void *arg)
         l->slots[s] = l->staging + s * e->chunk;
         rc = e->dev.ops->event_create(&e->dev, &l->events[s]);
     }
-    setup->rc = rc;
     if (rc)
-        snprintf(setup->error, sizeof setup->error, "%s", thaw_error_text());
+        first_failure_record(setup->failure, rc, UINT32_MAX);
     return NULL;
 }
 
@@ -156,23 +210,14 @@ int thawcore_engine_create(const thawcore_engine_options *options, thawcore_engi
     rc = e->dev.ops->bind_thread(&e->dev);
     if (!rc && !(e->lanes = calloc(lanes, sizeof(lane))))
         rc = thaw_fail(-ENOMEM, "out of host memory");
-    lane_setup setups[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    uint32_t started = 0;
-    for (uint32_t i = 0; !rc && i < lanes; i++) {
-        setups[i] = (lane_setup){ e, i, 0, "" };
-        if (pthread_create(&threads[i], NULL, setup_lane, &setups[i]) != 0) {
-            rc = thaw_fail(-EAGAIN, "cannot start a thread to set up lane %u", i);
-            break;
-        }
-        started++;
-    }
-    for (uint32_t i = 0; i < started; i++) {
-        pthread_join(threads[i], NULL);
-        if (!rc && setups[i].rc) {
-            rc = setups[i].rc;
-            thaw_set_error_text(setups[i].error);
-        }
+    if (!rc) {
+        first_failure failure;
+        first_failure_init(&failure);
+        lane_setup setups[MAX_THREADS];
+        for (uint32_t i = 0; i < lanes; i++)
+            setups[i] = (lane_setup){ e, i, &failure };
+        run_workers(lanes, setup_lane, setups, sizeof setups[0], &failure);
+        rc = first_failure_finish(&failure);
     }
     if (rc) {
         char text[1024];
@@ -219,30 +264,19 @@ typedef struct {
 
     atomic_uint next_chunk;
     atomic_uint piece_count;
-    atomic_int failed;
     atomic_ullong bytes_read;
     atomic_ullong bytes_copied;
     atomic_llong last_progress_ms;
     uint64_t bytes_total;
 
-    pthread_mutex_t error_lock;
-    int error_code;
-    uint32_t failed_region;
-    char error_text[1024];
+    first_failure failure;
 } restore_job;
 
 typedef struct { restore_job *job; uint32_t lane; } lane_arg;
 
 static void record_failure(restore_job *job, int code, uint32_t region)
 {
-    pthread_mutex_lock(&job->error_lock);
-    if (!job->error_code) {
-        job->error_code = code;
-        job->failed_region = region;
-        snprintf(job->error_text, sizeof job->error_text, "%s", thaw_error_text());
-    }
-    pthread_mutex_unlock(&job->error_lock);
-    atomic_store(&job->failed, 1);
+    first_failure_record(&job->failure, code, region);
 }
 
 static void report_progress(restore_job *job, uint64_t done)
@@ -356,7 +390,7 @@ static void *lane_main(void *arg)
         return NULL;
     }
     uint32_t turn = 0;
-    while (!atomic_load(&job->failed)) {
+    while (!atomic_load(&job->failure.failed)) {
         if (job->options && job->options->cancel && *job->options->cancel) {
             record_failure(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
             break;
@@ -446,7 +480,7 @@ static int check_checksums(restore_job *job)
             return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "region %u: %llu of %llu bytes covered", region,
                              (unsigned long long)length, (unsigned long long)o->region_length[region]);
         if (crc != o->region_crc32c[region]) {
-            job->failed_region = region;
+            job->failure.region = region;
             return thaw_fail(THAWCORE_ERR_CHECKSUM,
                              "%s: region %u is corrupt (CRC32C 0x%08x, the snapshot records 0x%08x)",
                              job->path, region, crc, o->region_crc32c[region]);
@@ -498,9 +532,9 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
     int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &chunk_count);
     restore_job job = {
         .engine = e, .path = path, .fd = fd, .extents = extents, .segments = segments,
-        .options = options, .verify = verify, .failed_region = UINT32_MAX,
+        .options = options, .verify = verify,
     };
-    pthread_mutex_init(&job.error_lock, NULL);
+    first_failure_init(&job.failure);
     if (!rc) {
         job.chunk_count = (uint32_t)chunk_count;
         job.chunks = malloc((chunk_count ? chunk_count : 1) * sizeof(chunk_job));
@@ -523,22 +557,13 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
             posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
         uint32_t lanes = e->lane_count < job.chunk_count ? e->lane_count : job.chunk_count;
-        pthread_t threads[MAX_THREADS];
         lane_arg args[MAX_THREADS];
-        uint32_t started_threads = 0;
-        for (uint32_t i = 0; i < lanes; i++) {
+        for (uint32_t i = 0; i < lanes; i++)
             args[i] = (lane_arg){ &job, i };
-            if (pthread_create(&threads[i], NULL, lane_main, &args[i]) != 0) {
-                record_failure(&job, thaw_fail(-EAGAIN, "cannot start reader thread %u", i), UINT32_MAX);
-                break;
-            }
-            started_threads++;
-        }
-        for (uint32_t i = 0; i < started_threads; i++)
-            pthread_join(threads[i], NULL);
-        if (job.error_code) {
-            rc = job.error_code;
-            thaw_set_error_text(job.error_text);
+        run_workers(lanes, lane_main, args, sizeof args[0], &job.failure);
+        if (job.failure.code) {
+            rc = job.failure.code;
+            thaw_set_error_text(job.failure.text);
         } else if (verify) {
             rc = check_checksums(&job);
         }
@@ -552,11 +577,11 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
         stats->seconds = now_seconds() - started;
         stats->io_mode_used = direct_used ? THAWCORE_IO_DIRECT : THAWCORE_IO_BUFFERED;
         stats->threads = e->lane_count;
-        stats->failed_region = job.failed_region;
+        stats->failed_region = job.failure.region;
     }
     free(job.chunks);
     free(job.pieces);
-    pthread_mutex_destroy(&job.error_lock);
+    first_failure_finish(&job.failure);
     pthread_mutex_unlock(&e->lock);
     return rc;
 }
@@ -576,10 +601,7 @@ typedef struct {
     atomic_uint next_segment;
     atomic_ullong bytes_done;
     atomic_llong last_progress_ms;
-    atomic_int failed;
-    pthread_mutex_t error_lock;
-    int error_code;
-    char error_text[1024];
+    first_failure failure;
 } write_job;
 
 typedef struct { write_job *job; uint32_t lane; } write_arg;
@@ -591,7 +613,7 @@ static void *write_lane_main(void *arg)
     thawcore_engine *e = job->engine;
     unsigned char *staging = e->lanes[a->lane].slots[0];
     int rc = job->source_is_host ? 0 : e->dev.ops->bind_thread(&e->dev);
-    while (!rc && !atomic_load(&job->failed)) {
+    while (!rc && !atomic_load(&job->failure.failed)) {
         uint32_t index = atomic_fetch_add(&job->next_segment, 1);
         if (index >= job->segment_count)
             break;
@@ -625,15 +647,8 @@ static void *write_lane_main(void *arg)
         }
         job->crc_out[index] = crc;
     }
-    if (rc) {
-        pthread_mutex_lock(&job->error_lock);
-        if (!job->error_code) {
-            job->error_code = rc;
-            snprintf(job->error_text, sizeof job->error_text, "%s", thaw_error_text());
-        }
-        pthread_mutex_unlock(&job->error_lock);
-        atomic_store(&job->failed, 1);
-    }
+    if (rc)
+        first_failure_record(&job->failure, rc, UINT32_MAX);
     return NULL;
 }
 
@@ -654,29 +669,15 @@ int thawcore_engine_write(thawcore_engine *e, int fd, const thawcore_segment *se
                       .progress = progress, .progress_user = progress_user };
     for (uint32_t i = 0; i < segment_count; i++)
         job.bytes_total += segments[i].length;
-    pthread_mutex_init(&job.error_lock, NULL);
+    first_failure_init(&job.failure);
     uint32_t lanes = e->lane_count < segment_count ? e->lane_count : segment_count;
-    pthread_t threads[MAX_THREADS];
     write_arg args[MAX_THREADS];
-    uint32_t started = 0;
-    for (uint32_t i = 0; i < lanes; i++) {
+    for (uint32_t i = 0; i < lanes; i++)
         args[i] = (write_arg){ &job, i };
-        if (pthread_create(&threads[i], NULL, write_lane_main, &args[i]) != 0)
-            break;
-        started++;
-    }
-    if (lanes && !started) {
-        job.error_code = thaw_fail(-EAGAIN, "cannot start writer threads");
-        snprintf(job.error_text, sizeof job.error_text, "%s", thaw_error_text());
-    }
-    for (uint32_t i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    int rc = job.error_code;
-    if (rc)
-        thaw_set_error_text(job.error_text);
-    else if (progress)
+    run_workers(lanes, write_lane_main, args, sizeof args[0], &job.failure);
+    int rc = first_failure_finish(&job.failure);
+    if (!rc && progress)
         progress(progress_user, job.bytes_total, job.bytes_total);
-    pthread_mutex_destroy(&job.error_lock);
     pthread_mutex_unlock(&e->lock);
     return rc;
 }
@@ -773,10 +774,7 @@ typedef struct {
     uint32_t count;
     atomic_ullong next_piece; /* pieces of all copies, numbered in order */
     uint64_t *piece_start;    /* first piece number of each copy, count + 1 entries */
-    atomic_int failed;
-    pthread_mutex_t error_lock;
-    int error_code;
-    char error_text[1024];
+    first_failure failure;
 } copy_job;
 
 typedef struct { copy_job *job; uint32_t lane; } copy_arg;
@@ -790,7 +788,7 @@ static void *copy_lane_main(void *arg)
     uint64_t total = job->piece_start[job->count];
     int rc = e->dev.ops->bind_thread(&e->dev);
     uint32_t copy = 0;
-    while (!rc && !atomic_load(&job->failed)) {
+    while (!rc && !atomic_load(&job->failure.failed)) {
         uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
         if (piece >= total)
             break;
@@ -809,15 +807,8 @@ static void *copy_lane_main(void *arg)
     int wait = e->dev.ops->stream_wait(&e->dev, l->stream);
     if (!rc)
         rc = wait;
-    if (rc) {
-        pthread_mutex_lock(&job->error_lock);
-        if (!job->error_code) {
-            job->error_code = rc;
-            snprintf(job->error_text, sizeof job->error_text, "%s", thaw_error_text());
-        }
-        pthread_mutex_unlock(&job->error_lock);
-        atomic_store(&job->failed, 1);
-    }
+    if (rc)
+        first_failure_record(&job->failure, rc, UINT32_MAX);
     return NULL;
 }
 
@@ -837,28 +828,14 @@ int thawcore_engine_copy_host_to_device(thawcore_engine *e, const thawcore_copy 
         piece_start[i + 1] = piece_start[i] + (copies[i].length + e->chunk - 1) / e->chunk;
     pthread_mutex_lock(&e->lock);
     copy_job job = { .engine = e, .copies = copies, .count = count, .piece_start = piece_start };
-    pthread_mutex_init(&job.error_lock, NULL);
+    first_failure_init(&job.failure);
     uint64_t pieces = piece_start[count];
     uint32_t lanes = pieces < e->lane_count ? (uint32_t)pieces : e->lane_count;
-    pthread_t threads[MAX_THREADS];
     copy_arg args[MAX_THREADS];
-    uint32_t started = 0;
-    for (uint32_t i = 0; i < lanes; i++) {
+    for (uint32_t i = 0; i < lanes; i++)
         args[i] = (copy_arg){ &job, i };
-        if (pthread_create(&threads[i], NULL, copy_lane_main, &args[i]) != 0)
-            break;
-        started++;
-    }
-    if (lanes && !started) {
-        job.error_code = thaw_fail(-EAGAIN, "cannot start copy threads");
-        snprintf(job.error_text, sizeof job.error_text, "%s", thaw_error_text());
-    }
-    for (uint32_t i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    int rc = job.error_code;
-    if (rc)
-        thaw_set_error_text(job.error_text);
-    pthread_mutex_destroy(&job.error_lock);
+    run_workers(lanes, copy_lane_main, args, sizeof args[0], &job.failure);
+    int rc = first_failure_finish(&job.failure);
     pthread_mutex_unlock(&e->lock);
     free(piece_start);
     return rc;
