@@ -60,11 +60,15 @@ internal static class PoolCommands
         using var pool = new SnapshotPool(engine, budget);
         using var server = new PoolServer(pool, socket, uids) { Log = line => Console.Error.WriteLine($"thaw pool: {line}") };
         server.Start();
-        Console.Out.WriteLine($"thaw pool: serving on {socket} ({device.ToString().ToLowerInvariant()}:{ordinal}, budget {Commands.Size(budget)}); Ctrl-C stops");
+        Console.Out.WriteLine($"thaw pool: serving on {socket} ({device.ToString().ToLowerInvariant()}:{ordinal}, budget {Commands.Size(budget)}); Ctrl-C or SIGTERM stops");
+        // SIGINT and SIGTERM stop it cleanly: pinned memory released, socket file removed.
         var stopped = new ManualResetEventSlim();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; stopped.Set(); };
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => stopped.Set();
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGINT, context => { context.Cancel = true; stopped.Set(); });
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGTERM, context => { context.Cancel = true; stopped.Set(); });
         stopped.Wait();
+        Console.Out.WriteLine("thaw pool: stopped");
         return 0;
     }
 

@@ -88,6 +88,24 @@ public class FaultTests
             if (text != "previous snapshot")
                 Assert.DoesNotThrow(() => SnapshotReader.Read(output), "a replaced file must be a whole snapshot");
         }
+        // The next writer of the same file removes what the killed ones left behind.
+        Run(thaw, $"convert {checkpoint} {output} --quiet");
+        Assert.DoesNotThrow(() => SnapshotReader.Read(output));
+        Assert.That(Directory.GetFiles(_files.Directory, ".model.thaw.tmp-*"), Is.Empty);
+    }
+
+    [Test]
+    public void OnlyTemporariesOfDeadWritersAreRemoved()
+    {
+        string dead = _files.PathOf($".x.thaw.tmp-{int.MaxValue}-abc");
+        string alive = _files.PathOf($".x.thaw.tmp-{Environment.ProcessId}-def");
+        string other = _files.PathOf($".y.thaw.tmp-{int.MaxValue}-abc");
+        foreach (string f in new[] { dead, alive, other })
+            File.WriteAllText(f, "partial");
+        Thaw.Interop.Freeze.AtomicFile.RemoveStaleTemporaries(_files.Directory, "x.thaw");
+        Assert.That(File.Exists(dead), Is.False);
+        Assert.That(File.Exists(alive), Is.True);
+        Assert.That(File.Exists(other), Is.True, "another target's temporaries are not touched");
     }
 
     [Test]

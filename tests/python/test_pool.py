@@ -29,6 +29,7 @@ def server(tmp_path):
     yield socket_path
     process.terminate()
     process.wait(timeout=10)
+    assert process.returncode == 0 and not socket_path.exists(), "SIGTERM stops the pool cleanly"
 
 
 def test_restore_through_the_pool_into_shared_memory(tmp_path, server):

@@ -16,6 +16,7 @@ internal sealed class AtomicFile : IDisposable
         string directory = Path.GetDirectoryName(FinalPath)!;
         if (!Directory.Exists(directory))
             throw new DirectoryNotFoundException($"cannot write {FinalPath}: directory {directory} does not exist");
+        RemoveStaleTemporaries(directory, Path.GetFileName(FinalPath));
         TempPath = Path.Combine(directory, $".{Path.GetFileName(FinalPath)}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Handle = File.OpenHandle(TempPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
     }
@@ -23,6 +24,28 @@ internal sealed class AtomicFile : IDisposable
     public string FinalPath { get; }
     public string TempPath { get; }
     public SafeFileHandle Handle { get; }
+
+    /// <summary>Deletes temporaries of this target left by writers that were killed: those
+    /// whose process no longer exists. A live writer's temporary is left alone.</summary>
+    internal static void RemoveStaleTemporaries(string directory, string fileName)
+    {
+        string prefix = $".{fileName}.tmp-";
+        foreach (string path in Directory.EnumerateFiles(directory, prefix + "*"))
+        {
+            string rest = Path.GetFileName(path)[prefix.Length..];
+            int dash = rest.IndexOf('-');
+            if (dash <= 0 || !int.TryParse(rest[..dash], out int pid) || Directory.Exists($"/proc/{pid}"))
+                continue;
+            try
+            {
+                File.Delete(path);
+            }
+            catch (IOException)
+            {
+                // Another writer may be removing it at the same moment.
+            }
+        }
+    }
 
     public void Commit()
     {
