@@ -40,5 +40,8 @@ def test_wheel_installs_and_works_in_a_fresh_venv(wheel, tmp_path):
                str(tmp_path / "m.thaw"))
     assert int(info) > 5
     assert "tensors" in run(str(thaw), "info", str(tmp_path / "m.thaw"))
+    no_vllm = subprocess.run([str(thaw), "freeze", "--model", "m", "--output", str(tmp_path / "s")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert no_vllm.returncode == 1 and "needs vLLM" in no_vllm.stderr
     where = run(str(python), "-c", "import thaw_vllm._native as n; print(n.library()._name)")
     assert str(venv) in where, "the installed package loads its own libthaw.so"

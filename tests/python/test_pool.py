@@ -66,3 +66,15 @@ def test_without_a_pool_the_restore_falls_back_to_the_file_and_says_so(tmp_path,
 def test_a_pool_that_does_not_hold_the_snapshot_raises_unavailable(tmp_path, server):
     with pytest.raises(pool.PoolUnavailable, match="does not hold"):
         pool.restore_targets(tmp_path / "never-loaded.thaw", [], server)
+
+
+def test_thaw_restore_through_the_pool_and_its_fallback(tmp_path, server):
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"a": torch.randn(5000), "b": torch.randn(77, 3)}, snapshot)
+    subprocess.run([str(THAW), "pool", "load", str(snapshot), "--socket", str(server)], check=True, capture_output=True)
+    through = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", str(server), "--check"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "through the pool" in through and "bit-identical" in through
+    fallback = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", str(tmp_path / "none.sock")],
+                              capture_output=True, text=True, check=True)
+    assert "no pool on" in fallback.stderr and "restore:" in fallback.stdout

@@ -167,3 +167,15 @@ def test_pool_key_falls_back_to_the_file_when_no_pool_serves(tmp_path):
     extra = {"snapshot": str(tmp_path / "snap"), "pool": str(tmp_path / "absent.sock")}
     assert_same(reference, load(engine_config(checkpoint, "thaw", extra)))
     assert_same(load(engine_config(checkpoint, "auto")), load(engine_config(checkpoint, "thaw", {"pool": True})))
+
+
+def test_load_and_freeze_vllm_through_the_llm_api(tmp_path, monkeypatch):
+    import vllm
+    monkeypatch.setattr(vllm, "DEFAULT_HF_CONFIG", HF)
+    checkpoint = make_checkpoint(tmp_path / "ckpt", seed=9)
+    streamed = thaw_vllm.load(str(checkpoint))  # no snapshot yet: streams the checkpoint
+    files = thaw_vllm.freeze_vllm(streamed, tmp_path / "snap")
+    assert [Path(f).name for f in files] == ["weights.thaw"]
+    restored = thaw_vllm.load(str(checkpoint), tmp_path / "snap")
+    assert_same(streamed.worker.get_model(), restored.worker.get_model())
+    assert_same(load(engine_config(checkpoint, "auto")), restored.worker.get_model())
