@@ -31,6 +31,7 @@ typedef struct thaw_device_ops {
     int (*unpin_host)(thaw_device *dev, void *host);
     int (*ipc_open)(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out);
     int (*ipc_close)(thaw_device *dev, uint64_t address);
+    int (*ipc_handle)(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity);
     void (*close)(thaw_device *dev);
 } thaw_device_ops;
 
@@ -43,6 +44,5 @@ struct thaw_device {
 int thaw_device_open_mock(int ordinal, thaw_device *out);
 int thaw_device_open_cuda(int ordinal, thaw_device *out);
 int thaw_device_count_cuda(void);
-int thaw_cuda_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity);
 
 #endif

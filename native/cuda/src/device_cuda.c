@@ -371,7 +371,7 @@ static int cuda_ipc_close(thaw_device *dev, uint64_t address)
     return 0;
 }
 
-int thaw_cuda_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity)
+static int cuda_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity)
 {
     int rc = cuda_bind_thread(dev);
     if (rc)
@@ -411,6 +411,7 @@ static const thaw_device_ops cuda_ops = {
     .unpin_host = cuda_unpin_host,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,
+    .ipc_handle = cuda_ipc_handle,
     .close = cuda_close,
 };
 

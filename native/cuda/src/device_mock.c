@@ -143,6 +143,12 @@ static int mock_ipc_close(thaw_device *dev, uint64_t address)
     return 0;
 }
 
+static int mock_ipc_handle(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity)
+{
+    (void)dev; (void)address; (void)handle_out; (void)capacity;
+    return thaw_fail(-EINVAL, "the mock device shares memory as files, not IPC handles of its allocations");
+}
+
 static void mock_close(thaw_device *dev) { (void)dev; }
 
 static const thaw_device_ops mock_ops = {
@@ -167,6 +173,7 @@ static const thaw_device_ops mock_ops = {
     .unpin_host = mock_unpin_host,
     .ipc_open = mock_ipc_open,
     .ipc_close = mock_ipc_close,
+    .ipc_handle = mock_ipc_handle,
     .close = mock_close,
 };
 

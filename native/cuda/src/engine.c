@@ -846,7 +846,5 @@ int thawcore_engine_ipc_handle(thawcore_engine *e, uint64_t address, void *handl
     thaw_clear_error();
     if (!e || !handle_out)
         return thaw_fail(-EINVAL, "missing argument");
-    if (strcmp(e->dev.ops->name, "cuda") == 0)
-        return thaw_cuda_ipc_handle(&e->dev, address, handle_out, handle_capacity);
-    return thaw_fail(-EINVAL, "IPC handles of engine allocations exist only on CUDA; the mock shares files instead");
+    return e->dev.ops->ipc_handle(&e->dev, address, handle_out, handle_capacity);
 }
