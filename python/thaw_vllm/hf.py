@@ -35,13 +35,8 @@ def from_pretrained(model_dir_or_config, snapshot, device="cuda", dtype=None, mo
         dtypes = {t["dtype"] for t in header["tensors"] if t["dtype"] in ("F16", "BF16", "F32")}
         dtype = torch_io.torch_dtype(dtypes.pop()) if len(dtypes) == 1 else torch.float32
     device = torch.device(device)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with _no_init(), device:
-            model = (model_class or AutoModelForCausalLM).from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch_io.default_dtype(dtype), _no_init(), torch_io.device_scope(device):
+        model = (model_class or AutoModelForCausalLM).from_config(config)
     tensors = torch_io.module_tensors(model)
     parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     in_snapshot = {t["name"] for t in header["tensors"]} | set(json.loads(header["metadata"].get(torch_io.ALIASES_KEY, "{}")))

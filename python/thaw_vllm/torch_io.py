@@ -4,6 +4,7 @@ plain safetensors checkpoints through the same engine.
 CPU tensors go through the mock device (host memory); CUDA tensors through the
 CUDA engine on their own device, in the primary context that PyTorch shares.
 """
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -40,6 +41,23 @@ def torch_dtype(name: str) -> "torch.dtype":
         return TORCH_DTYPES[name]
     except KeyError:
         raise ValueError(f"snapshot dtype {name} has no equivalent in torch {torch.__version__}") from None
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """torch's default dtype for new tensors, restored on exit."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def device_scope(device):
+    """`with device:` makes it the default for new tensors (torch >= 2.0, as vLLM needs);
+    older torch has no such scope and allocates on the CPU."""
+    return device if hasattr(device, "__enter__") else contextlib.nullcontext()
 
 
 def _device_request(device: torch.device, **engine_options):

@@ -8,7 +8,6 @@ in place: the snapshot's weights are never processed a second time. Without a
 snapshot, or with {"checkpoint": dir}, the Hugging Face safetensors shards are
 streamed through the engine and handed to the model's own load_weights.
 """
-import contextlib
 import logging
 import time
 
@@ -49,22 +48,6 @@ def engine_options(extra) -> dict:
     return {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": bool(extra.get("verify", False)),
             "threads": int(extra.get("threads", 0)), "chunk_bytes": int(extra.get("chunk_mib", 0)) << 20,
             "staging_bytes": int(extra.get("staging_mib", 0)) << 20}
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def device_scope(device):
-    """`with device:` makes it the default for new tensors (torch >= 2.0, as vLLM needs);
-    older torch has no such scope and allocates on the CPU."""
-    return device if hasattr(device, "__enter__") else contextlib.nullcontext()
 
 
 def _initialize_model(vllm_config, model_config, prefix):
@@ -132,7 +115,7 @@ def make_loader_class():
             device = self._device(vllm_config)
             is_draft = model_config is not vllm_config.model_config
             snapshot = self.extra.get("draft_snapshot" if is_draft else "snapshot")
-            with default_dtype(model_config.dtype), device_scope(device):
+            with torch_io.default_dtype(model_config.dtype), torch_io.device_scope(device):
                 model = _initialize_model(vllm_config, model_config, prefix)
             options = engine_options(self.extra)
             if snapshot is None:

@@ -92,11 +92,7 @@ internal static class Commands
             }
             if (viaPool.Count == repeat)
             {
-                if (repeat > 1)
-                {
-                    double median = viaPool.Order().ElementAt(viaPool.Count / 2);
-                    Console.Out.WriteLine($"median: {median:F3} s = {snapshot.TensorBytes / median / 1e9:F2} GB/s over {repeat} runs through the pool");
-                }
+                PrintMedian(viaPool, snapshot.TensorBytes, " through the pool");
                 return 0;
             }
         }
@@ -114,11 +110,7 @@ internal static class Commands
                 Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Size(r.Bytes)}) to {engine.Kind.ToString().ToLowerInvariant()}:{engine.Ordinal} " +
                     $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({r.IoModeUsed.ToString().ToLowerInvariant()} io, {r.Threads} threads{(options.Verify ? ", verified" : "")})");
             }
-            if (repeat > 1)
-            {
-                double median = seconds.Order().ElementAt(seconds.Count / 2);
-                Console.Out.WriteLine($"median: {median:F3} s = {snapshot.TensorBytes / median / 1e9:F2} GB/s over {repeat} runs");
-            }
+            PrintMedian(seconds, snapshot.TensorBytes, "");
             if (check)
                 CheckArena(engine, snapshot, arena);
         }
@@ -127,6 +119,14 @@ internal static class Commands
             engine.Free(arena);
         }
         return 0;
+    }
+
+    private static void PrintMedian(List<double> seconds, long bytes, string how)
+    {
+        if (seconds.Count < 2)
+            return;
+        double median = seconds.Order().ElementAt(seconds.Count / 2);
+        Console.Out.WriteLine($"median: {median:F3} s = {bytes / median / 1e9:F2} GB/s over {seconds.Count} runs{how}");
     }
 
     public static int Generate(Arguments a)

@@ -279,16 +279,23 @@ static void record_failure(restore_job *job, int code, uint32_t region)
     first_failure_record(&job->failure, code, region);
 }
 
+/* Calls progress at most every 100 ms across all workers: the one that wins the swap reports. */
+static void throttled_progress(atomic_llong *last_ms, thawcore_progress_fn progress, void *user,
+                               uint64_t done, uint64_t total)
+{
+    if (!progress)
+        return;
+    long long now = (long long)(now_seconds() * 1000.0);
+    long long last = atomic_load(last_ms);
+    if (now - last >= 100 && atomic_compare_exchange_strong(last_ms, &last, now))
+        progress(user, done, total);
+}
+
 static void report_progress(restore_job *job, uint64_t done)
 {
     const thawcore_restore_options *o = job->options;
-    if (!o || !o->progress)
-        return;
-    long long now = (long long)(now_seconds() * 1000.0);
-    long long last = atomic_load(&job->last_progress_ms);
-    if (now - last < 100 || !atomic_compare_exchange_strong(&job->last_progress_ms, &last, now))
-        return;
-    o->progress(o->progress_user, done, job->bytes_total);
+    if (o)
+        throttled_progress(&job->last_progress_ms, o->progress, o->progress_user, done, job->bytes_total);
 }
 
 /* First segment of the extent that ends after offset. */
@@ -641,9 +648,7 @@ static void *write_lane_main(void *arg)
                 break;
             }
             uint64_t done = atomic_fetch_add(&job->bytes_done, n) + n;
-            long long now = (long long)(now_seconds() * 1000.0), last = atomic_load(&job->last_progress_ms);
-            if (job->progress && now - last >= 100 && atomic_compare_exchange_strong(&job->last_progress_ms, &last, now))
-                job->progress(job->progress_user, done, job->bytes_total);
+            throttled_progress(&job->last_progress_ms, job->progress, job->progress_user, done, job->bytes_total);
         }
         job->crc_out[index] = crc;
     }
