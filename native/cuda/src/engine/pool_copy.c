@@ -1,0 +1,82 @@
+/* The pool's copy lanes: host memory pinned once (thaw pool) to device addresses, cut
+ * into chunk-sized pieces spread over the engine's lane streams. */
+#define _GNU_SOURCE
+#include "thaw_core.h"
+#include "engine/engine.h"
+#include "error.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+typedef struct {
+    thawcore_engine *engine;
+    const thawcore_copy *copies;
+    uint32_t count;
+    atomic_ullong next_piece; /* pieces of all copies, numbered in order */
+    uint64_t *piece_start;    /* first piece number of each copy, count + 1 entries */
+    first_failure failure;
+} copy_job;
+
+typedef struct { copy_job *job; uint32_t lane; } copy_arg;
+
+static void *copy_lane_main(void *arg)
+{
+    copy_arg *a = arg;
+    copy_job *job = a->job;
+    thawcore_engine *e = job->engine;
+    lane *l = &e->lanes[a->lane];
+    uint64_t total = job->piece_start[job->count];
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    uint32_t copy = 0;
+    while (!rc && !atomic_load(&job->failure.failed)) {
+        uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
+        if (piece >= total)
+            break;
+        while (job->piece_start[copy + 1] <= piece)
+            copy++;
+        while (job->piece_start[copy] > piece)
+            copy--;
+        const thawcore_copy *c = &job->copies[copy];
+        uint64_t offset = (piece - job->piece_start[copy]) * e->chunk;
+        uint64_t n = c->length - offset < e->chunk ? c->length - offset : e->chunk;
+        rc = e->dev.ops->copy_h2d_async(&e->dev, c->device_address + offset,
+                                        (const void *)(uintptr_t)(c->host_address + offset), (size_t)n, l->stream);
+        if (rc)
+            rc = thaw_fail_context(rc, "copying piece %llu of copy %u to the device", (unsigned long long)piece, copy);
+    }
+    int wait = e->dev.ops->stream_wait(&e->dev, l->stream);
+    if (!rc)
+        rc = wait;
+    if (rc)
+        thaw_first_failure_record(&job->failure, rc, UINT32_MAX);
+    return NULL;
+}
+
+int thawcore_engine_copy_host_to_device(thawcore_engine *e, const thawcore_copy *copies, uint32_t count)
+{
+    thaw_clear_error();
+    if (!e || (count && !copies))
+        return thaw_fail(-EINVAL, "missing argument");
+    for (uint32_t i = 0; i < count; i++)
+        if (copies[i].length && (!copies[i].host_address || !copies[i].device_address))
+            return thaw_fail(-EINVAL, "copy %u has no source or destination", i);
+    uint64_t *piece_start = malloc(((size_t)count + 1) * sizeof(uint64_t));
+    if (!piece_start)
+        return thaw_fail(-ENOMEM, "out of host memory");
+    piece_start[0] = 0;
+    for (uint32_t i = 0; i < count; i++)
+        piece_start[i + 1] = piece_start[i] + (copies[i].length + e->chunk - 1) / e->chunk;
+    pthread_mutex_lock(&e->lock);
+    copy_job job = { .engine = e, .copies = copies, .count = count, .piece_start = piece_start };
+    thaw_first_failure_init(&job.failure);
+    uint64_t pieces = piece_start[count];
+    uint32_t lanes = pieces < e->lane_count ? (uint32_t)pieces : e->lane_count;
+    copy_arg args[MAX_THREADS];
+    for (uint32_t i = 0; i < lanes; i++)
+        args[i] = (copy_arg){ &job, i };
+    thaw_run_workers(lanes, copy_lane_main, args, sizeof args[0], &job.failure);
+    int rc = thaw_first_failure_finish(&job.failure);
+    pthread_mutex_unlock(&e->lock);
+    free(piece_start);
+    return rc;
+}

@@ -1,0 +1,354 @@
+/* The restore pipeline.
+ *
+ * The extents are cut into staging-sized chunks; each reader thread ("lane") owns a
+ * stream and a few staging slots, claims the next chunk, reads it into a free slot,
+ * and queues the device copies of the segments it covers on its stream. A slot is
+ * reused only after the event recorded behind its copies has completed, so reads,
+ * staging and DMA overlap across lanes and slots. */
+#define _GNU_SOURCE
+#include "thaw_core.h"
+#include "engine/engine.h"
+#include "error.h"
+#include "fault.h"
+#include "file_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct { uint32_t extent; uint64_t file_offset; uint64_t length; } chunk_job;
+typedef struct { uint32_t region; uint32_t crc; uint64_t offset; uint64_t length; } crc_piece;
+
+typedef struct {
+    thawcore_engine *engine;
+    const char *path;
+    int fd;
+    const thawcore_extent *extents;
+    const thawcore_segment *segments;
+    chunk_job *chunks;
+    uint32_t chunk_count;
+    const thawcore_restore_options *options;
+    int verify;
+    crc_piece *pieces;
+    uint32_t piece_capacity;
+
+    atomic_uint next_chunk;
+    atomic_uint piece_count;
+    atomic_ullong bytes_read;
+    atomic_ullong bytes_copied;
+    atomic_llong last_progress_ms;
+    uint64_t bytes_total;
+
+    first_failure failure;
+} restore_job;
+
+typedef struct { restore_job *job; uint32_t lane; } lane_arg;
+
+static void record_failure(restore_job *job, int code, uint32_t region)
+{
+    thaw_first_failure_record(&job->failure, code, region);
+}
+
+static void report_progress(restore_job *job, uint64_t done)
+{
+    const thawcore_restore_options *o = job->options;
+    if (o)
+        thaw_throttled_progress(&job->last_progress_ms, o->progress, o->progress_user, done, job->bytes_total);
+}
+
+/* First segment of the extent that ends after offset. */
+static uint32_t first_segment_after(const thawcore_extent *x, const thawcore_segment *segs, uint64_t offset)
+{
+    uint32_t lo = x->first_segment, hi = x->first_segment + x->segment_count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (segs[mid].file_offset + segs[mid].length <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_job *c)
+{
+    thawcore_engine *e = job->engine;
+    unsigned char *buffer = l->slots[slot];
+    const thawcore_extent *x = &job->extents[c->extent];
+    uint32_t first = first_segment_after(x, job->segments, c->file_offset);
+    uint32_t first_region = first < x->first_segment + x->segment_count ? job->segments[first].region : UINT32_MAX;
+
+    ssize_t got = thaw_fault_hit(THAWCORE_FAULT_READ_EIO) ? -EIO
+                  : thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
+    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
+        got = 0; /* the file ends where this chunk starts */
+    if (got < 0) {
+        int code = thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
+                             (unsigned long long)c->file_offset, first_region, strerror((int)-got));
+        record_failure(job, code, first_region);
+        return code;
+    }
+    atomic_fetch_add(&job->bytes_read, (uint64_t)got);
+    uint64_t chunk_end = c->file_offset + c->length;
+    uint64_t valid_end = c->file_offset + (uint64_t)got;
+    uint64_t copied = 0;
+    for (uint32_t s = first; s < x->first_segment + x->segment_count; s++) {
+        const thawcore_segment *seg = &job->segments[s];
+        if (seg->file_offset >= chunk_end)
+            break;
+        uint64_t start = seg->file_offset > c->file_offset ? seg->file_offset : c->file_offset;
+        uint64_t seg_end = seg->file_offset + seg->length;
+        uint64_t end = seg_end < chunk_end ? seg_end : chunk_end;
+        if (end > valid_end) {
+            int code = thaw_fail(THAWCORE_ERR_SHORT_READ,
+                                 "%s is truncated: region %u needs bytes up to offset %llu, the file ends before %llu",
+                                 job->path, seg->region, (unsigned long long)end, (unsigned long long)valid_end);
+            record_failure(job, code, seg->region);
+            return code;
+        }
+        const unsigned char *src = buffer + (start - c->file_offset);
+        if (seg->device_address) {
+            uint64_t dst = seg->device_address + (start - seg->file_offset);
+            int rc = thaw_fault_hit(THAWCORE_FAULT_COPY)
+                         ? thaw_fail(THAWCORE_ERR_CUDA, "cuMemcpyHtoDAsync failed (injected fault)")
+                         : e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
+            if (rc) {
+                int code = thaw_fail_context(rc, "copying region %u of %s to the device", seg->region, job->path);
+                record_failure(job, code, seg->region);
+                return code;
+            }
+            copied += end - start;
+        }
+        if (job->verify) {
+            uint32_t index = atomic_fetch_add(&job->piece_count, 1);
+            if (index >= job->piece_capacity) {
+                int code = thaw_fail(THAWCORE_ERR_INVALID_PLAN, "internal: checksum piece table overflow");
+                record_failure(job, code, seg->region);
+                return code;
+            }
+            job->pieces[index] = (crc_piece){ seg->region, thawcore_crc32c(0, src, (size_t)(end - start)),
+                                              start - seg->file_offset, end - start };
+        }
+    }
+    int rc = thaw_fault_hit(THAWCORE_FAULT_EVENT) ? thaw_fail(THAWCORE_ERR_CUDA, "cuEventRecord failed (injected fault)")
+                                                  : e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
+    if (rc) {
+        int code = thaw_fail_context(rc, "recording the copies of region %u of %s", first_region, job->path);
+        record_failure(job, code, first_region);
+        return code;
+    }
+    l->pending[slot] = 1;
+    uint64_t done = atomic_fetch_add(&job->bytes_copied, copied) + copied;
+    report_progress(job, job->verify && !copied ? atomic_load(&job->bytes_read) : done);
+    return 0;
+}
+
+static void *lane_main(void *arg)
+{
+    lane_arg *a = arg;
+    restore_job *job = a->job;
+    thawcore_engine *e = job->engine;
+    lane *l = &e->lanes[a->lane];
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    if (rc) {
+        record_failure(job, rc, UINT32_MAX);
+        return NULL;
+    }
+    uint32_t turn = 0;
+    while (!atomic_load(&job->failure.failed)) {
+        if (job->options && job->options->cancel && *job->options->cancel) {
+            record_failure(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
+            break;
+        }
+        uint32_t index = atomic_fetch_add(&job->next_chunk, 1);
+        if (index >= job->chunk_count)
+            break;
+        uint32_t slot = turn++ % e->slots_per_lane;
+        if (l->pending[slot]) {
+            l->pending[slot] = 0;
+            if ((rc = e->dev.ops->event_wait(&e->dev, l->events[slot]))) {
+                record_failure(job, thaw_fail_context(rc, "waiting for copies from %s", job->path), UINT32_MAX);
+                break;
+            }
+        }
+        if (process_chunk(job, l, slot, &job->chunks[index]))
+            break;
+    }
+    /* Never leave a copy in flight: the staging slots are reused by the next restore. */
+    rc = e->dev.ops->stream_wait(&e->dev, l->stream);
+    memset(l->pending, 0, e->slots_per_lane);
+    if (rc)
+        record_failure(job, rc, UINT32_MAX);
+    return NULL;
+}
+
+static int validate_plan(thawcore_engine *e, const thawcore_extent *extents, uint32_t extent_count,
+                         const thawcore_segment *segments, uint32_t segment_count, int direct,
+                         uint64_t *chunk_count)
+{
+    uint64_t chunks = 0;
+    for (uint32_t i = 0; i < extent_count; i++) {
+        const thawcore_extent *x = &extents[i];
+        if (x->file_offset + x->length < x->file_offset ||
+            (uint64_t)x->first_segment + x->segment_count > segment_count)
+            return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "extent %u is out of range", i);
+        if (direct && (x->file_offset % ALIGN || x->length % ALIGN))
+            return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "extent %u is not 4096-aligned, as O_DIRECT needs", i);
+        uint64_t previous_end = x->file_offset;
+        for (uint32_t s = x->first_segment; s < x->first_segment + x->segment_count; s++) {
+            const thawcore_segment *seg = &segments[s];
+            if (seg->file_offset < previous_end || seg->file_offset + seg->length < seg->file_offset ||
+                seg->file_offset + seg->length > x->file_offset + x->length)
+                return thaw_fail(THAWCORE_ERR_INVALID_PLAN,
+                                 "segment %u (region %u) is not inside extent %u in ascending order", s, seg->region, i);
+            if (seg->device_address && seg->device_address + seg->length < seg->device_address)
+                return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "segment %u (region %u) wraps the address space", s, seg->region);
+            previous_end = seg->file_offset + seg->length;
+        }
+        chunks += (x->length + e->chunk - 1) / e->chunk;
+    }
+    if (chunks > UINT32_MAX / 2)
+        return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "plan has too many chunks");
+    *chunk_count = chunks;
+    return 0;
+}
+
+static int compare_pieces(const void *pa, const void *pb)
+{
+    const crc_piece *a = pa, *b = pb;
+    if (a->region != b->region)
+        return a->region < b->region ? -1 : 1;
+    return a->offset < b->offset ? -1 : a->offset > b->offset;
+}
+
+static int check_checksums(restore_job *job)
+{
+    const thawcore_restore_options *o = job->options;
+    uint32_t count = atomic_load(&job->piece_count);
+    /* Pieces arrive in any order; a region's pieces are combined in file order. */
+    qsort(job->pieces, count, sizeof(crc_piece), compare_pieces);
+    uint32_t i = 0;
+    for (uint32_t region = 0; region < o->region_count; region++) {
+        uint32_t crc = 0;
+        uint64_t length = 0;
+        while (i < count && job->pieces[i].region < region)
+            i++;
+        for (; i < count && job->pieces[i].region == region; i++) {
+            if (job->pieces[i].offset != length)
+                return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "region %u is not covered exactly once", region);
+            crc = thawcore_crc32c_combine(crc, job->pieces[i].crc, job->pieces[i].length);
+            length += job->pieces[i].length;
+        }
+        if (length == 0 && o->region_length[region] != 0)
+            continue; /* not part of this restore */
+        if (length != o->region_length[region])
+            return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "region %u: %llu of %llu bytes covered", region,
+                             (unsigned long long)length, (unsigned long long)o->region_length[region]);
+        if (crc != o->region_crc32c[region]) {
+            job->failure.region = region;
+            return thaw_fail(THAWCORE_ERR_CHECKSUM,
+                             "%s: region %u is corrupt (CRC32C 0x%08x, the snapshot records 0x%08x)",
+                             job->path, region, crc, o->region_crc32c[region]);
+        }
+    }
+    return 0;
+}
+
+int thawcore_engine_restore(thawcore_engine *e, const char *path,
+                            const thawcore_extent *extents, uint32_t extent_count,
+                            const thawcore_segment *segments, uint32_t segment_count,
+                            const thawcore_restore_options *options, thawcore_restore_stats *stats)
+{
+    thaw_clear_error();
+    if (!e || !path || (extent_count && !extents) || (segment_count && !segments))
+        return thaw_fail(-EINVAL, "thawcore_engine_restore: missing argument");
+    if (options && options->struct_size < sizeof(thawcore_restore_options))
+        return thaw_fail(-EINVAL, "thawcore_engine_restore: options from a newer ABI");
+    int verify = options && options->region_crc32c;
+    if (verify && !options->region_length)
+        return thaw_fail(-EINVAL, "thawcore_engine_restore: checksums without region lengths");
+    for (uint32_t s = 0; verify && s < segment_count; s++)
+        if (segments[s].region >= options->region_count)
+            return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "segment %u names region %u of %u", s,
+                             segments[s].region, options->region_count);
+
+    pthread_mutex_lock(&e->lock);
+    double started = thaw_now_seconds();
+    int mode = options ? options->io_mode : THAWCORE_IO_AUTO;
+    int direct_used = 0;
+    int fd = thaw_open_for_read(path, mode == THAWCORE_IO_DIRECT, &direct_used);
+    if (fd < 0) {
+        pthread_mutex_unlock(&e->lock);
+        return fd;
+    }
+    if (mode == THAWCORE_IO_AUTO && extent_count) {
+        uint64_t lo = extents[0].file_offset, hi = extents[extent_count - 1].file_offset + extents[extent_count - 1].length;
+        double resident = thaw_page_cache_residency(fd, lo, hi > lo ? hi - lo : 0);
+        if (resident >= 0 && resident < 0.5) {
+            int direct_fd = thaw_open_for_read(path, 1, &direct_used);
+            if (direct_fd >= 0) {
+                close(fd);
+                fd = direct_fd;
+            }
+        }
+    }
+
+    uint64_t chunk_count = 0;
+    int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &chunk_count);
+    restore_job job = {
+        .engine = e, .path = path, .fd = fd, .extents = extents, .segments = segments,
+        .options = options, .verify = verify,
+    };
+    thaw_first_failure_init(&job.failure);
+    if (!rc) {
+        job.chunk_count = (uint32_t)chunk_count;
+        job.chunks = malloc((chunk_count ? chunk_count : 1) * sizeof(chunk_job));
+        job.piece_capacity = verify ? (uint32_t)(chunk_count + segment_count) : 0;
+        job.pieces = verify ? malloc((job.piece_capacity ? job.piece_capacity : 1) * sizeof(crc_piece)) : NULL;
+        if (!job.chunks || (verify && !job.pieces))
+            rc = thaw_fail(-ENOMEM, "out of host memory planning %llu chunks", (unsigned long long)chunk_count);
+    }
+    if (!rc) {
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < extent_count; i++) {
+            for (uint64_t off = 0; off < extents[i].length; off += e->chunk) {
+                uint64_t len = extents[i].length - off < e->chunk ? extents[i].length - off : e->chunk;
+                job.chunks[n++] = (chunk_job){ i, extents[i].file_offset + off, len };
+            }
+            for (uint32_t s = 0; s < extents[i].segment_count; s++)
+                job.bytes_total += segments[extents[i].first_segment + s].length;
+        }
+        if (!direct_used)
+            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+        uint32_t lanes = e->lane_count < job.chunk_count ? e->lane_count : job.chunk_count;
+        lane_arg args[MAX_THREADS];
+        for (uint32_t i = 0; i < lanes; i++)
+            args[i] = (lane_arg){ &job, i };
+        thaw_run_workers(lanes, lane_main, args, sizeof args[0], &job.failure);
+        if (job.failure.code) {
+            rc = job.failure.code;
+            thaw_set_error_text(job.failure.text);
+        } else if (verify) {
+            rc = check_checksums(&job);
+        }
+        if (!rc && options && options->progress)
+            options->progress(options->progress_user, job.bytes_total, job.bytes_total);
+    }
+    close(fd);
+    if (stats) {
+        stats->bytes_read = atomic_load(&job.bytes_read);
+        stats->bytes_copied = atomic_load(&job.bytes_copied);
+        stats->seconds = thaw_now_seconds() - started;
+        stats->io_mode_used = direct_used ? THAWCORE_IO_DIRECT : THAWCORE_IO_BUFFERED;
+        stats->threads = e->lane_count;
+        stats->failed_region = job.failure.region;
+    }
+    free(job.chunks);
+    free(job.pieces);
+    thaw_first_failure_finish(&job.failure);
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
