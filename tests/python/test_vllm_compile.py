@@ -1,0 +1,113 @@
+"""vLLM's torch.compile cache frozen beside the weights and written back before compile."""
+import hashlib
+import os
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from thaw_vllm import artifacts, vllm_compile
+
+
+@pytest.fixture
+def vllm_env(tmp_path, monkeypatch):
+    """vllm.envs.VLLM_CACHE_ROOT (vllm/envs.py: VLLM_CACHE_ROOT, read from the environment)
+    and vllm.__version__, as the module-level values vLLM exposes."""
+    root = tmp_path / "vllm-cache"
+    package = types.ModuleType("vllm")
+    package.__version__ = "0.32.0"
+    envs = types.ModuleType("vllm.envs")
+    envs.VLLM_CACHE_ROOT = str(root)
+    package.envs = envs
+    monkeypatch.setitem(sys.modules, "vllm", package)
+    monkeypatch.setitem(sys.modules, "vllm.envs", envs)
+    return root
+
+
+def vllm_config(rank=0, dp_rank=0):
+    return SimpleNamespace(parallel_config=SimpleNamespace(rank=rank, data_parallel_index=dp_rank),
+                           compilation_config=SimpleNamespace(cache_dir="", local_cache_dir=""))
+
+
+def compile_like_vllm(config, root, factors="factors", prefix="backbone"):
+    """The directories vllm/compilation/backends.py VllmBackend.__call__ makes at the first
+    compile (cache_dir = VLLM_CACHE_ROOT/torch_compile_cache/<sha256(factors)[:10]>,
+    local_cache_dir = <cache_dir>/rank_<rank>_<dp_rank>/<prefix>), with the inductor_cache and
+    triton_cache that compiler_interface.py InductorAdaptor.initialize_cache points torch at,
+    and files in them standing in for what the compilers write."""
+    hash_key = hashlib.sha256(str(factors).encode()).hexdigest()[:10]
+    cache_dir = os.path.join(root, "torch_compile_cache", hash_key)
+    rank = config.parallel_config.rank
+    local = os.path.join(cache_dir, f"rank_{rank}_{config.parallel_config.data_parallel_index}", prefix)
+    for d in (local, os.path.join(cache_dir, "inductor_cache", "fx"), os.path.join(cache_dir, "triton_cache", "k")):
+        os.makedirs(d, exist_ok=True)
+    files = {os.path.join(local, "vllm_compile_cache.py"): b"{graph: artifact}",
+             os.path.join(local, "computation_graph.py"): b"def forward(): ...",
+             os.path.join(cache_dir, "inductor_cache", "fx", "entry"): os.urandom(5000),
+             os.path.join(cache_dir, "triton_cache", "k", "kernel.cubin"): os.urandom(9000)}
+    for path, data in files.items():
+        with open(path, "wb") as f:
+            f.write(data)
+    config.compilation_config.cache_dir = cache_dir
+    config.compilation_config.local_cache_dir = local
+    return {os.path.relpath(p, root): d for p, d in files.items()}
+
+
+def tree(root):
+    out = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(directory, name)
+            out[os.path.relpath(full, root)] = open(full, "rb").read()
+    return out
+
+
+def test_a_frozen_compile_cache_is_where_the_next_engine_looks(tmp_path, vllm_env):
+    config = vllm_config()
+    expected = compile_like_vllm(config, str(vllm_env))
+    weights = tmp_path / "weights.thaw"
+    frozen = vllm_compile.freeze_compile_cache(config, weights)
+    assert frozen == str(tmp_path / "weights.compile.thaw")
+    import shutil
+    shutil.rmtree(vllm_env)
+    result = vllm_compile.restore_compile_cache(vllm_config(), weights)
+    assert result["restored"] and result["files"] == 4
+    assert tree(vllm_env) == expected
+
+
+def test_only_this_ranks_directory_is_frozen(tmp_path, vllm_env):
+    compile_like_vllm(vllm_config(rank=1), str(vllm_env))
+    config = vllm_config(rank=0)
+    mine = compile_like_vllm(config, str(vllm_env))
+    vllm_compile.freeze_compile_cache(config, tmp_path / "w.thaw")
+    frozen = {e["path"] for e in artifacts.describe(tmp_path / "w.compile.thaw")["sets"]["vllm"]}
+    assert frozen == set(mine)
+    assert not any("rank_1_0" in p for p in frozen)
+
+
+def test_another_rank_or_vllm_version_misses_cleanly(tmp_path, vllm_env):
+    config = vllm_config(rank=0)
+    compile_like_vllm(config, str(vllm_env))
+    vllm_compile.freeze_compile_cache(config, tmp_path / "w.thaw")
+    import shutil
+    shutil.rmtree(vllm_env)
+    assert "'rank'" in vllm_compile.restore_compile_cache(vllm_config(rank=1), tmp_path / "w.thaw")["reason"]
+    sys.modules["vllm"].__version__ = "0.33.0"
+    assert "'vllm'" in vllm_compile.restore_compile_cache(config, tmp_path / "w.thaw")["reason"]
+    assert not vllm_env.exists()
+
+
+def test_nothing_compiled_freezes_nothing_and_restores_as_a_miss(tmp_path, vllm_env):
+    assert vllm_compile.freeze_compile_cache(vllm_config(), tmp_path / "w.thaw") is None
+    result = vllm_compile.restore_compile_cache(vllm_config(), tmp_path / "w.thaw")
+    assert not result["restored"] and "no " in result["reason"]
+
+
+def test_a_cache_dir_outside_the_cache_root_is_not_captured(tmp_path, vllm_env):
+    config = vllm_config()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"x")
+    config.compilation_config.cache_dir = str(outside)
+    assert vllm_compile.freeze_compile_cache(config, tmp_path / "w.thaw") is None
