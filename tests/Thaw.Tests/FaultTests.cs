@@ -69,11 +69,10 @@ public class FaultTests
     [Test]
     public void KilledConvertNeverLeavesATornSnapshotUnderTheFinalName()
     {
-        string thaw = Path.GetFullPath(Path.Combine(TestContext.CurrentContext.TestDirectory, "../../../../../build/publish/cli/thaw"));
-        if (!File.Exists(thaw))
-            Assert.Ignore($"{thaw} is not built (scripts/build.sh builds it)");
+        ThawCli.RequireBuilt();
+        string thaw = ThawCli.Path;
         string checkpoint = _files.PathOf("ckpt");
-        Run(thaw, $"generate {checkpoint} --size-mib 96 --shards 1 --quiet");
+        Run($"generate {checkpoint} --size-mib 96 --shards 1 --quiet");
         string output = _files.PathOf("model.thaw");
         for (int round = 0; round < 3; round++)
         {
@@ -89,7 +88,7 @@ public class FaultTests
                 Assert.DoesNotThrow(() => SnapshotReader.Read(output), "a replaced file must be a whole snapshot");
         }
         // The next writer of the same file removes what the killed ones left behind.
-        Run(thaw, $"convert {checkpoint} {output} --quiet");
+        Run($"convert {checkpoint} {output} --quiet");
         Assert.DoesNotThrow(() => SnapshotReader.Read(output));
         Assert.That(Directory.GetFiles(_files.Directory, ".model.thaw.tmp-*"), Is.Empty);
     }
@@ -152,10 +151,9 @@ public class FaultTests
         Assert.That(injected, Is.GreaterThan(20));
     }
 
-    private static void Run(string file, string arguments)
+    private static void Run(string arguments)
     {
-        using var process = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        process.WaitForExit();
-        Assert.That(process.ExitCode, Is.Zero, process.StandardError.ReadToEnd());
+        ThawCli.Result r = ThawCli.Run(arguments);
+        Assert.That(r.ExitCode, Is.Zero, r.Stderr);
     }
 }

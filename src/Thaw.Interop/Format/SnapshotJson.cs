@@ -45,24 +45,21 @@ public static class SnapshotJson
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
-    /// <exception cref="ArgumentException">Not a JSON object of strings.</exception>
+    /// <exception cref="ArgumentException">Not a JSON object of strings, or a key that is not a valid name.</exception>
     public static Dictionary<string, string> ParseMetadata(string text)
     {
-        try
-        {
-            using JsonDocument document = JsonDocument.Parse(text, new JsonDocumentOptions { MaxDepth = 4 });
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-                throw new ArgumentException("metadata must be a JSON object of strings");
-            var result = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (JsonProperty p in document.RootElement.EnumerateObject())
-                result[p.Name] = p.Value.ValueKind == JsonValueKind.String
-                    ? p.Value.GetString()!
-                    : throw new ArgumentException($"metadata value '{p.Name}' is not a string");
-            return result;
-        }
-        catch (JsonException e)
-        {
-            throw new ArgumentException($"metadata is not valid JSON: {e.Message}");
-        }
+        int length = NameRules.StrictByteCount(text);
+        if (length < 0)
+            throw new ArgumentException("metadata is not valid Unicode (it holds a lone surrogate)");
+        using JsonDocument document = StrictJson.TryParse(Encoding.UTF8.GetBytes(text), 4, out string problem)
+            ?? throw new ArgumentException($"metadata {problem}");
+        if (document.RootElement.ValueKind != JsonValueKind.Object)
+            throw new ArgumentException("metadata must be a JSON object of strings");
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (JsonProperty p in document.RootElement.EnumerateObject())
+            result[p.Name] = p.Value.ValueKind == JsonValueKind.String
+                ? p.Value.GetString()!
+                : throw new ArgumentException($"metadata value {NameRules.Quote(p.Name)} is not a string");
+        return result;
     }
 }

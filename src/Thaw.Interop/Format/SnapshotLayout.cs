@@ -33,7 +33,8 @@ public sealed class SnapshotLayout
     public long DataLength { get; }
     public long FileLength => DataOffset + DataLength;
 
-    /// <exception cref="ArgumentException">A name is empty, too long or repeated; a shape has no byte length; rank/world are impossible.</exception>
+    /// <exception cref="ArgumentException">A name or metadata key breaks <see cref="NameRules"/> or is repeated; a value is too long
+    /// or not valid Unicode; a shape has no byte length; rank/world are impossible.</exception>
     public static SnapshotLayout Create(IReadOnlyList<TensorSpec> tensors, IReadOnlyDictionary<string, string>? metadata = null,
         int tpRank = 0, int tpWorldSize = 1)
     {
@@ -43,9 +44,11 @@ public sealed class SnapshotLayout
         long headerLength = SnapshotFormat.PreambleSize;
         foreach (var (key, value) in metadata)
         {
-            int keyBytes = Encoding.UTF8.GetByteCount(key), valueBytes = Encoding.UTF8.GetByteCount(value);
-            if (keyBytes == 0 || keyBytes > SnapshotFormat.MaxMetadataKeyBytes || valueBytes > SnapshotFormat.MaxMetadataValueBytes)
-                throw new ArgumentException($"metadata key '{key}' or its value is empty or too long");
+            if (NameRules.Problem(key) is string problem)
+                throw new ArgumentException($"metadata key {NameRules.Quote(key)} {problem}");
+            int keyBytes = Encoding.UTF8.GetByteCount(key), valueBytes = NameRules.StrictByteCount(value);
+            if (valueBytes < 0 || valueBytes > SnapshotFormat.MaxMetadataValueBytes)
+                throw new ArgumentException($"metadata value of '{key}' is not valid Unicode or longer than {SnapshotFormat.MaxMetadataValueBytes} bytes");
             headerLength += 2 + keyBytes + 4 + valueBytes;
         }
         var names = new HashSet<string>(StringComparer.Ordinal);
@@ -55,9 +58,11 @@ public sealed class SnapshotLayout
         for (int i = 0; i < tensors.Count; i++)
         {
             TensorSpec t = tensors[i];
+            if (NameRules.Problem(t.Name) is string problem)
+                throw new ArgumentException($"tensor {i}: name {NameRules.Quote(t.Name)} {problem}");
+            if (!names.Add(t.Name))
+                throw new ArgumentException($"tensor name '{t.Name}' is repeated");
             int nameBytes = Encoding.UTF8.GetByteCount(t.Name);
-            if (nameBytes == 0 || nameBytes > SnapshotFormat.MaxNameBytes || !names.Add(t.Name))
-                throw new ArgumentException($"tensor name '{t.Name}' is empty, longer than {SnapshotFormat.MaxNameBytes} bytes, or repeated");
             if (t.Shape.Length > SnapshotFormat.MaxDimensions)
                 throw new ArgumentException($"tensor '{t.Name}' has {t.Shape.Length} dimensions (at most {SnapshotFormat.MaxDimensions})");
             long length = t.DType.ByteLength(t.Shape)

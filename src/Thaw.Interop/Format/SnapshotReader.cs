@@ -19,10 +19,10 @@ public static class SnapshotReader
         if (fileLength < SnapshotFormat.PreambleSize)
             throw new ThawFormatException(path, $"truncated: {fileLength} bytes is shorter than the {SnapshotFormat.PreambleSize}-byte preamble");
         Span<byte> preamble = stackalloc byte[SnapshotFormat.PreambleSize];
-        ReadExactly(file, preamble, 0);
+        ReadExactly(path, file, preamble, 0);
         long headerLength = ValidatePreambleSize(path, preamble, fileLength);
         byte[] header = new byte[headerLength];
-        ReadExactly(file, header, 0);
+        ReadExactly(path, file, header, 0);
         return Parse(path, header, fileLength);
     }
 
@@ -71,8 +71,10 @@ public static class SnapshotReader
         {
             string key = cursor.String(cursor.U16(), SnapshotFormat.MaxMetadataKeyBytes, $"metadata key {i}");
             string value = cursor.String(cursor.U32(), SnapshotFormat.MaxMetadataValueBytes, $"metadata value '{key}'");
-            if (key.Length == 0 || !metadata.TryAdd(key, value))
-                throw new ThawFormatException(path, $"metadata key '{key}' is empty or repeated");
+            if (NameRules.Problem(key) is string problem)
+                throw new ThawFormatException(path, $"metadata key {i} {NameRules.Quote(key)} {problem}");
+            if (!metadata.TryAdd(key, value))
+                throw new ThawFormatException(path, $"metadata key '{key}' is repeated");
         }
 
         if (tensorCount > cursor.Remaining / SnapshotFormat.MinTensorEntryBytes)
@@ -83,8 +85,10 @@ public static class SnapshotReader
         for (uint i = 0; i < tensorCount; i++)
         {
             string name = cursor.String(cursor.U16(), SnapshotFormat.MaxNameBytes, $"tensor {i} name");
-            if (name.Length == 0 || !names.Add(name))
-                throw new ThawFormatException(path, $"tensor {i}: name '{name}' is empty or repeated");
+            if (NameRules.Problem(name) is string problem)
+                throw new ThawFormatException(path, $"tensor {i}: name {NameRules.Quote(name)} {problem}");
+            if (!names.Add(name))
+                throw new ThawFormatException(path, $"tensor {i}: name '{name}' is repeated");
             byte code = cursor.U8();
             if (!DTypes.IsDefined(code))
                 throw new ThawFormatException(path, $"tensor '{name}': unknown dtype code {code}");
@@ -149,14 +153,14 @@ public static class SnapshotReader
         return (long)headerLength;
     }
 
-    private static void ReadExactly(Microsoft.Win32.SafeHandles.SafeFileHandle file, Span<byte> buffer, long offset)
+    private static void ReadExactly(string path, Microsoft.Win32.SafeHandles.SafeFileHandle file, Span<byte> buffer, long offset)
     {
         int done = 0;
         while (done < buffer.Length)
         {
             int n = RandomAccess.Read(file, buffer[done..], offset + done);
             if (n == 0)
-                throw new EndOfStreamException("file shrank while its header was read");
+                throw new ThawFormatException(path, "file shrank while its header was read");
             done += n;
         }
     }

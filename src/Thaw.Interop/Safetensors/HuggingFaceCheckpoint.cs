@@ -61,7 +61,7 @@ public sealed class HuggingFaceCheckpoint
         {
             foreach (var (tensor, shardName) in weightMap)
                 if (!owner.TryGetValue(tensor, out string? actual) || actual != shardName)
-                    throw new ThawFormatException(indexPath, $"weight_map puts '{tensor}' in {shardName}, but {(actual is null ? "no shard has it" : "it is in " + actual)}");
+                    throw new ThawFormatException(indexPath, $"weight_map puts {NameRules.Quote(tensor)} in {shardName}, but {(actual is null ? "no shard has it" : "it is in " + actual)}");
         }
         return new HuggingFaceCheckpoint(path, shards);
     }
@@ -77,8 +77,8 @@ public sealed class HuggingFaceCheckpoint
         {
             string? shard = entry.Value.ValueKind == JsonValueKind.String ? entry.Value.GetString() : null;
             // Shard names are plain file names inside the checkpoint directory, never paths.
-            if (string.IsNullOrEmpty(shard) || shard != System.IO.Path.GetFileName(shard) || shard is "." or "..")
-                throw new ThawFormatException(indexPath, $"weight_map entry '{entry.Name}' names '{shard}', not a file name in the checkpoint directory");
+            if (shard is null || NameRules.Problem(shard) is not null || shard != System.IO.Path.GetFileName(shard) || shard is "." or "..")
+                throw new ThawFormatException(indexPath, $"weight_map entry {NameRules.Quote(entry.Name)} names {NameRules.Quote(shard ?? "")}, not a file name in the checkpoint directory");
             result[entry.Name] = shard;
         }
         return result;

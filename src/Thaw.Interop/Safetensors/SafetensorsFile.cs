@@ -13,6 +13,7 @@ public sealed class SafetensorsFile
 {
     /// <summary>The same cap the safetensors library applies to its JSON header.</summary>
     public const long MaxHeaderBytes = 100_000_000;
+    private const int MaxJsonDepth = 8;
 
     private SafetensorsFile(string path, long fileLength, IReadOnlyList<SafetensorsTensor> tensors, IReadOnlyDictionary<string, string> metadata)
     {
@@ -72,6 +73,8 @@ public sealed class SafetensorsFile
                         throw new ThawFormatException(path, "__metadata__ is not an object");
                     foreach (JsonProperty item in property.Value.EnumerateObject())
                     {
+                        if (NameRules.Problem(item.Name) is string problem)
+                            throw new ThawFormatException(path, $"__metadata__ key {NameRules.Quote(item.Name)} {problem}");
                         if (item.Value.ValueKind != JsonValueKind.String)
                             throw new ThawFormatException(path, $"__metadata__ value '{item.Name}' is not a string");
                         metadata[item.Name] = item.Value.GetString()!;
@@ -93,29 +96,15 @@ public sealed class SafetensorsFile
         }
     }
 
-    private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-
-    /// <summary>Parses JSON that must be valid UTF-8 throughout (property names are only decoded on access).</summary>
-    internal static JsonDocument ParseJson(string path, byte[] json, string what)
-    {
-        try
-        {
-            StrictUtf8.GetCharCount(json);
-            return JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 8 });
-        }
-        catch (System.Text.DecoderFallbackException)
-        {
-            throw new ThawFormatException(path, $"{what} is not valid UTF-8");
-        }
-        catch (JsonException e)
-        {
-            throw new ThawFormatException(path, $"{what} is not valid JSON: {e.Message}");
-        }
-    }
+    /// <summary>Parses JSON from a file with <see cref="StrictJson"/>: every refusal names the file and the field.</summary>
+    internal static JsonDocument ParseJson(string path, byte[] json, string what) =>
+        StrictJson.TryParse(json, MaxJsonDepth, out string problem) ?? throw new ThawFormatException(path, $"{what} {problem}");
 
     private static SafetensorsTensor ParseTensor(string path, JsonProperty property, long dataStart, long dataLength)
     {
         string name = property.Name;
+        if (NameRules.Problem(name) is string problem)
+            throw new ThawFormatException(path, $"tensor name {NameRules.Quote(name)} {problem}");
         JsonElement value = property.Value;
         if (value.ValueKind != JsonValueKind.Object)
             throw new ThawFormatException(path, $"tensor '{name}' is not an object");
@@ -123,7 +112,7 @@ public sealed class SafetensorsFile
             throw new ThawFormatException(path, $"tensor '{name}' has no dtype");
         string dtypeName = dtypeElement.GetString()!;
         if (!DTypes.TryParse(dtypeName, out DType dtype))
-            throw new ThawFormatException(path, $"tensor '{name}' has unknown dtype '{dtypeName}'");
+            throw new ThawFormatException(path, $"tensor '{name}' has unknown dtype {NameRules.Quote(dtypeName)}");
         if (!value.TryGetProperty("shape", out JsonElement shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)
             throw new ThawFormatException(path, $"tensor '{name}' has no shape");
         if (shapeElement.GetArrayLength() > SnapshotFormat.MaxDimensions)

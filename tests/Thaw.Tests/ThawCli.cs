@@ -1,0 +1,58 @@
+using System.Diagnostics;
+
+namespace Thaw.Tests;
+
+/// <summary>The built `thaw` executable (scripts/build.sh), run as a user would run it.</summary>
+internal static class ThawCli
+{
+    public static string Path { get; } = System.IO.Path.GetFullPath(System.IO.Path.Combine(
+        TestContext.CurrentContext.TestDirectory, "../../../../../build/publish/cli/thaw"));
+
+    public static void RequireBuilt()
+    {
+        if (!File.Exists(Path))
+            Assert.Ignore($"{Path} is not built (scripts/build.sh builds it)");
+    }
+
+    public sealed record Result(int ExitCode, string Stdout, string Stderr);
+
+    public static Result Run(string arguments)
+    {
+        RequireBuilt();
+        using var process = Process.Start(new ProcessStartInfo(Path, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        string stderr = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        return new Result(process.ExitCode, stdout.Result, stderr);
+    }
+
+    /// <summary>Asserts the one refusal a user should see: exit 1 and a single `thaw: error:` line naming
+    /// <paramref name="file"/> and each of <paramref name="mentions"/>, with no runtime text.</summary>
+    public static void AssertRefused(Result r, string file, params string[] mentions)
+    {
+        Assert.That(r.ExitCode, Is.EqualTo(1), $"exit code; stderr: {r.Stderr}");
+        string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1), $"one line on stderr: {r.Stderr}");
+        Assert.That(lines[0], Does.StartWith("thaw: error: "));
+        Assert.That(lines[0], Does.Contain(file));
+        foreach (string m in mentions)
+            Assert.That(lines[0], Does.Contain(m));
+        RuntimeText.AssertAbsent(lines[0]);
+    }
+}
+
+/// <summary>Fragments of .NET's own exception text: none may reach a user.</summary>
+internal static class RuntimeText
+{
+    private static readonly string[] Fragments =
+    [
+        "Exception", "   at ", "LineNumber", "BytePositionInLine", "One of the identified items",
+        "requires an element of type", "Cannot read", "UTF-16 JSON text", "is an invalid start of a value",
+    ];
+
+    public static void AssertAbsent(string message)
+    {
+        foreach (string f in Fragments)
+            Assert.That(message, Does.Not.Contain(f), "runtime text in a refusal");
+    }
+}
