@@ -156,11 +156,22 @@ typedef struct thawcore_copy {
 int thawcore_engine_pin_host(thawcore_engine *engine, void *host, uint64_t length);
 int thawcore_engine_unpin_host(thawcore_engine *engine, void *host);
 
-/* Opens another process's device allocation from its IPC handle. CUDA: the 64-byte
- * CUipcMemHandle (cudaIpcMemHandle_t). Mock: the path of a shared-memory file, mapped
- * read-write. *address_out is the allocation's start; close it with thawcore_engine_ipc_close. */
+/* Who asks the pool to open an allocation: checked so that a peer reaches only memory it owns. */
+typedef struct thawcore_ipc_peer {
+    uint32_t struct_size;           /* sizeof(thawcore_ipc_peer) */
+    uint32_t uid;                   /* the peer's uid, from SO_PEERCRED */
+    const char *mock_directory;     /* mock: the only directory its handles may name files in */
+} thawcore_ipc_peer;
+
+/* Opens a peer's device allocation from its IPC handle, for that peer.
+ * CUDA: the 64-byte CUipcMemHandle (cudaIpcMemHandle_t), which only a process that owns the
+ * allocation can produce (cuIpcGetMemHandle). Mock: the name (no '/') of a regular file directly
+ * inside peer->mock_directory, opened with O_NOFOLLOW and refused unless owned by peer->uid.
+ * *address_out is the allocation's start, *length_out the bytes it holds (CUDA:
+ * cuMemGetAddressRange of the opened pointer; mock: the file's size), which bound every copy
+ * into it. Close it with thawcore_engine_ipc_close. */
 int thawcore_engine_ipc_open(thawcore_engine *engine, const void *handle, uint32_t handle_length,
-                             uint64_t *address_out);
+                             const thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out);
 int thawcore_engine_ipc_close(thawcore_engine *engine, uint64_t address);
 /* The 64-byte CUDA IPC handle of an allocation of this process (CUDA only). */
 int thawcore_engine_ipc_handle(thawcore_engine *engine, uint64_t address, void *handle_out, uint32_t handle_capacity);

@@ -135,8 +135,17 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_unpin_host")]
         internal static unsafe partial int EngineUnpinHost(EngineHandle engine, void* host);
 
+        [StructLayout(LayoutKind.Sequential)]
+        internal unsafe struct IpcPeer
+        {
+            public uint StructSize;
+            public uint Uid;
+            public byte* MockDirectory;
+        }
+
         [LibraryImport(Library, EntryPoint = "thawcore_engine_ipc_open")]
-        internal static unsafe partial int EngineIpcOpen(EngineHandle engine, byte* handle, uint handleLength, out ulong address);
+        internal static unsafe partial int EngineIpcOpen(EngineHandle engine, byte* handle, uint handleLength, IpcPeer* peer,
+            out ulong address, out ulong length);
 
         [LibraryImport(Library, EntryPoint = "thawcore_engine_ipc_close")]
         internal static partial int EngineIpcClose(EngineHandle engine, ulong address);

@@ -54,11 +54,16 @@ internal static class PoolCommands
         int ordinal = (int)a.GetLong("ordinal", 0, 0, 1024);
         long budget = a.GetLong("budget-mib", 32 << 10, 1, 1L << 30) << 20;
         string? allow = a.Get("allow-uids");
+        string shmDir = Path.GetFullPath(a.Get("shm-dir") ?? PoolProtocol.DefaultSharedMemoryDirectory());
         a.Finish(1);
         var uids = allow?.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToList();
         using var engine = ThawEngine.Create(device, ordinal);
         using var pool = new SnapshotPool(engine, budget);
-        using var server = new PoolServer(pool, socket, uids) { Log = line => Console.Error.WriteLine($"thaw pool: {line}") };
+        using var server = new PoolServer(pool, socket, uids)
+        {
+            Log = line => Console.Error.WriteLine($"thaw pool: {line}"),
+            SharedMemoryDirectory = shmDir,
+        };
         server.Start();
         Console.Out.WriteLine($"thaw pool: serving on {socket} ({device.ToString().ToLowerInvariant()}:{ordinal}, budget {Commands.Size(budget)}); Ctrl-C or SIGTERM stops");
         // SIGINT and SIGTERM stop it cleanly: pinned memory released, socket file removed.
@@ -115,7 +120,11 @@ internal static class PoolCommands
                 }
                 else
                 {
-                    sharedFile = Path.Combine(Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath(), $"thaw-arena-{Environment.ProcessId}-{Guid.NewGuid():N}");
+                    // The pool writes only files of ours inside its directory (docs/POOL.md).
+                    string directory;
+                    using (JsonDocument ping = client.Send(PoolProtocol.Write(w => w.WriteString("op", "ping"))))
+                        directory = ping.RootElement.TryGetProperty("shm_dir", out JsonElement d) ? d.GetString()! : PoolProtocol.DefaultSharedMemoryDirectory();
+                    sharedFile = Path.Combine(directory, $"thaw-arena-{Environment.ProcessId}-{Guid.NewGuid():N}");
                     using (var f = File.Create(sharedFile))
                         f.SetLength(Math.Max(snapshot.DataLength, 1));
                     map = MemoryMappedFile.CreateFromFile(sharedFile, FileMode.Open);
@@ -126,7 +135,7 @@ internal static class PoolCommands
                         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
                         arena = (ulong)p;
                     }
-                    handle = System.Text.Encoding.UTF8.GetBytes(sharedFile);
+                    handle = System.Text.Encoding.UTF8.GetBytes(Path.GetFileName(sharedFile));
                 }
                 string request = PoolProtocol.Write(w =>
                 {

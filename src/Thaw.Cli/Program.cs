@@ -25,7 +25,7 @@ internal static class Program
               --check                       read the restored bytes back and compare their checksums
               --repeat N                    restore N times and report each and the median
               --pool SOCKET                 restore through a running pool (falls back to the file)
-          pool serve [--socket P] [--device mock|cuda] [--budget-mib N] [--allow-uids U,V]
+          pool serve [--socket P] [--device mock|cuda] [--budget-mib N] [--allow-uids U,V] [--shm-dir D]
                                             hold snapshots in pinned memory and serve restores
           pool load|evict <snapshot> [--socket P]   pool list|status [--socket P]
           generate <dir> [--size-mib N] [--shards N] [--seed N]

@@ -55,7 +55,7 @@ public class PoolTests
             {
                 w.WriteStartObject();
                 w.WriteString("name", t.Name);
-                w.WriteBase64String("handle", Encoding.UTF8.GetBytes(file));
+                w.WriteBase64String("handle", Encoding.UTF8.GetBytes(Path.GetFileName(file)));
                 w.WriteNumber("offset", 4096 + t.Offset);
                 w.WriteNumber("capacity", t.Length);
                 w.WriteEndObject();
@@ -80,7 +80,7 @@ public class PoolTests
     {
         var (path, data) = MakeSnapshot("a.thaw", 1);
         using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket);
+        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
         server.Start();
         if (!OperatingSystem.IsWindows())
             Assert.That(File.GetUnixFileMode(_socket), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite));
@@ -101,7 +101,7 @@ public class PoolTests
     {
         var (path, data) = MakeSnapshot("a.thaw", 2);
         using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket);
+        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
         server.Start();
         using var client = new PoolClient(_socket);
         Assert.That(() => client.Send("this is not json"), Throws.InstanceOf<ThawException>());
@@ -109,8 +109,8 @@ public class PoolTests
         var (file, request, s) = Destination(path);
         Assert.That(() => client.Send(request), Throws.InstanceOf<FileNotFoundException>().With.Message.Contains("does not hold"));
         client.Send(Op("load", path)).Dispose();
-        string badHandle = request.Replace(Convert.ToBase64String(Encoding.UTF8.GetBytes(file)), Convert.ToBase64String(Encoding.UTF8.GetBytes("/no/such/shm")));
-        Assert.That(() => client.Send(badHandle), Throws.InstanceOf<ThawException>().With.Message.Contains("/no/such/shm"));
+        string badHandle = request.Replace(Convert.ToBase64String(Encoding.UTF8.GetBytes(Path.GetFileName(file))), Convert.ToBase64String(Encoding.UTF8.GetBytes("no-such-shm")));
+        Assert.That(() => client.Send(badHandle), Throws.InstanceOf<ThawException>().With.Message.Contains("no-such-shm"));
         string wrongName = request.Replace("\"w0\"", "\"nope\"");
         Assert.That(() => client.Send(wrongName), Throws.InstanceOf<ThawException>().With.Message.Contains("nope"));
 
@@ -128,7 +128,7 @@ public class PoolTests
     public void PeersOfOtherUsersAreRefused()
     {
         using var pool = new SnapshotPool(_engine, 1 << 20);
-        using var server = new PoolServer(pool, _socket, allowedUids: [987654]);
+        using var server = new PoolServer(pool, _socket, allowedUids: [987654]) { SharedMemoryDirectory = _files.Directory };
         server.Start();
         using var client = new PoolClient(_socket);
         Assert.That(() => client.Send(Op("status")), Throws.InstanceOf<ThawException>().With.Message.Contains("is not served"));
@@ -139,7 +139,7 @@ public class PoolTests
     {
         var snapshots = Enumerable.Range(0, 2).Select(i => MakeSnapshot($"s{i}.thaw", 10 + i)).ToList();
         using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket);
+        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
         server.Start();
         foreach (var (path, _) in snapshots)
             pool.Load(path);
@@ -179,9 +179,9 @@ public class PoolTests
     public void ASecondServerOnALiveSocketIsRefused()
     {
         using var pool = new SnapshotPool(_engine, 1 << 20);
-        using var server = new PoolServer(pool, _socket);
+        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
         server.Start();
-        using var second = new PoolServer(pool, _socket);
+        using var second = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
         Assert.That(() => second.Start(), Throws.InstanceOf<IOException>().With.Message.Contains("already serving"));
     }
 }

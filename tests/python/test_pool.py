@@ -21,7 +21,7 @@ def server(tmp_path):
         pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
     socket_path = tmp_path / "pool.sock"
     process = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "mock",
-                                "--budget-mib", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                "--budget-mib", "64", "--shm-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for _ in range(100):
         if socket_path.exists():
             break
@@ -41,7 +41,8 @@ def test_restore_through_the_pool_into_shared_memory(tmp_path, server):
     shared = tmp_path / "device-memory"
     size = header["file_length"] - header["data_offset"]
     shared.write_bytes(b"\0" * size)
-    targets = [{"name": t["name"], "handle": pool.base64.b64encode(str(shared).encode()).decode(),
+    # A mock handle names a file of ours inside the pool's --shm-dir.
+    targets = [{"name": t["name"], "handle": pool.base64.b64encode(shared.name.encode()).decode(),
                 "offset": t["offset"], "capacity": t["length"]} for t in header["tensors"]]
     assert pool.restore_targets(snapshot, targets, server)["bytes"] == sum(t["length"] for t in header["tensors"])
     memory = torch.from_file(str(shared), shared=False, size=size, dtype=torch.uint8)

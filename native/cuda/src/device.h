@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 typedef struct thaw_device thaw_device;
+struct thawcore_ipc_peer;
 
 typedef struct thaw_device_ops {
     const char *name;
@@ -29,7 +30,9 @@ typedef struct thaw_device_ops {
     int (*mem_info)(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);
     int (*pin_host)(thaw_device *dev, void *host, uint64_t length);
     int (*unpin_host)(thaw_device *dev, void *host);
-    int (*ipc_open)(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out);
+    /* Opens a peer's allocation; *length_out bounds every copy into it (see thaw_core.h). */
+    int (*ipc_open)(thaw_device *dev, const void *handle, uint32_t handle_length,
+                    const struct thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out);
     int (*ipc_close)(thaw_device *dev, uint64_t address);
     int (*ipc_handle)(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity);
     void (*close)(thaw_device *dev);

@@ -61,6 +61,7 @@ static struct {
     CUresult (*cuEventRecord)(CUevent, CUstream);
     CUresult (*cuEventSynchronize)(CUevent);
     CUresult (*cuPointerGetAttribute)(void *, int, CUdeviceptr);
+    CUresult (*cuMemGetAddressRange)(CUdeviceptr *, size_t *, CUdeviceptr);
     CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned);
     CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
     CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
@@ -106,6 +107,7 @@ static void load_driver(void)
         SYM(cuEventRecord, "cuEventRecord"),
         SYM(cuEventSynchronize, "cuEventSynchronize"),
         SYM(cuPointerGetAttribute, "cuPointerGetAttribute"),
+        SYM(cuMemGetAddressRange, "cuMemGetAddressRange_v2"),
         SYM(cuIpcOpenMemHandle, "cuIpcOpenMemHandle_v2"),
         SYM(cuIpcCloseMemHandle, "cuIpcCloseMemHandle"),
         SYM(cuIpcGetMemHandle, "cuIpcGetMemHandle"),
@@ -344,8 +346,12 @@ static int cuda_unpin_host(thaw_device *dev, void *host)
     return 0;
 }
 
-static int cuda_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out)
+/* Any peer may hand over a handle: only the process owning an allocation can make one
+ * (cuIpcGetMemHandle), so the peer's uid needs no further check here (docs/POOL.md). */
+static int cuda_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length,
+                         const thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out)
 {
+    (void)peer;
     int rc = cuda_bind_thread(dev);
     if (rc)
         return rc;
@@ -353,12 +359,22 @@ static int cuda_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_l
     if (handle_length != sizeof h)
         return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "a CUDA IPC handle is 64 bytes, not %u", handle_length);
     memcpy(&h, handle, sizeof h);
-    CUresult r = cu.cuIpcOpenMemHandle((CUdeviceptr *)address_out, h, 1 /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS */);
+    CUdeviceptr opened = 0, start = 0;
+    size_t size = 0;
+    CUresult r = cu.cuIpcOpenMemHandle(&opened, h, 1 /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS */);
     if (r != CUDA_SUCCESS) {
         const char *text = "unknown error";
         cu.cuGetErrorString(r, &text);
         return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open the CUDA IPC handle: %s (CUresult %d)", text, r);
     }
+    r = cu.cuMemGetAddressRange(&start, &size, opened);
+    if (r != CUDA_SUCCESS || opened < start || opened - start >= size) {
+        cu.cuIpcCloseMemHandle(opened);
+        return r != CUDA_SUCCESS ? cuda_fail(r, "cuMemGetAddressRange of an opened IPC handle")
+                                 : thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "an opened CUDA IPC handle lies outside its own address range");
+    }
+    *address_out = opened;
+    *length_out = size - (opened - start);
     return 0;
 }
 

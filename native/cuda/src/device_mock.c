@@ -5,6 +5,8 @@
 #include "thaw_core.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -33,33 +35,8 @@ static void mock_host_free(thaw_device *dev, void *host) { (void)dev; free(host)
 static int mock_token_create(thaw_device *dev, void **out) { (void)dev; *out = NULL; return 0; }
 static void mock_token_destroy(thaw_device *dev, void *token) { (void)dev; (void)token; }
 
-static int mock_copy_h2d_async(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream)
-{
-    (void)dev; (void)stream;
-    memcpy((void *)(uintptr_t)dst, src, length);
-    return 0;
-}
-
-static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t length)
-{
-    (void)dev;
-    memcpy(dst, (const void *)(uintptr_t)src, length);
-    return 0;
-}
-
 static int mock_event_record(thaw_device *dev, void *event, void *stream) { (void)dev; (void)event; (void)stream; return 0; }
 static int mock_wait(thaw_device *dev, void *token) { (void)dev; (void)token; return 0; }
-
-static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
-{
-    (void)dev;
-    *allocation_out = address; /* host memory: nothing says which buffers belong together */
-    if (address == 0 || address + length < address)
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
-                         "mock device: destination 0x%llx+%llu is not a valid range",
-                         (unsigned long long)address, (unsigned long long)length);
-    return 0;
-}
 
 static int mock_mem_alloc(thaw_device *dev, uint64_t length, uint64_t *out)
 {
@@ -90,38 +67,163 @@ static int mock_mem_info(thaw_device *dev, uint64_t *free_bytes, uint64_t *total
 static int mock_pin_host(thaw_device *dev, void *host, uint64_t length) { (void)dev; (void)host; (void)length; return 0; }
 static int mock_unpin_host(thaw_device *dev, void *host) { (void)dev; (void)host; return 0; }
 
-/* Mock IPC: the "handle" is the path of a shared-memory file, as /dev/shm files are. */
-static struct mapping { uint64_t address; size_t length; struct mapping *next; } *mappings;
+/* Mock IPC: a handle is the name of a shared-memory file in the pool's directory, as
+ * /dev/shm files are, owned by the peer. The pool writes into it with pwrite, never through
+ * a mapping, so a peer that truncates its file mid-copy loses its own bytes instead of
+ * killing the pool with SIGBUS. Its "device address" is a reserved, inaccessible range of
+ * the file's size: unique while open, and a stray direct access faults instead of writing. */
+static struct mapping { uint64_t address; uint64_t length; int fd; struct mapping *next; } *mappings;
 static pthread_mutex_t mappings_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int mock_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length, uint64_t *address_out)
+/* 1 and a private descriptor of the file when [address, +length) starts inside an open mapping
+ * (-BAD_DESTINATION when it runs past its end), 0 when it is ordinary host memory. */
+static int find_mapping(uint64_t address, uint64_t length, int *fd_out, uint64_t *offset_out, uint64_t *start_out)
+{
+    int found = 0;
+    pthread_mutex_lock(&mappings_lock);
+    for (struct mapping *m = mappings; m; m = m->next) {
+        if (address < m->address || address - m->address >= m->length)
+            continue;
+        uint64_t offset = address - m->address;
+        if (length > m->length - offset) {
+            found = thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                              "mock device: %llu bytes at offset %llu run past the end of a shared file of %llu bytes",
+                              (unsigned long long)length, (unsigned long long)offset, (unsigned long long)m->length);
+        } else {
+            found = 1;
+            *offset_out = offset;
+            *start_out = m->address;
+            if (fd_out && (*fd_out = fcntl(m->fd, F_DUPFD_CLOEXEC, 0)) < 0)
+                found = thaw_fail(-errno, "mock device: cannot duplicate a shared file's descriptor: %s", strerror(errno));
+        }
+        break;
+    }
+    pthread_mutex_unlock(&mappings_lock);
+    return found;
+}
+
+static int shared_file_io(int fd, void *buffer, size_t length, uint64_t offset, int write)
+{
+    int rc = 0;
+    for (size_t done = 0; done < length && !rc;) {
+        ssize_t n = write ? pwrite(fd, (const char *)buffer + done, length - done, (off_t)(offset + done))
+                          : pread(fd, (char *)buffer + done, length - done, (off_t)(offset + done));
+        if (n > 0)
+            done += (size_t)n;
+        else if (n == 0)
+            rc = thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device: the shared file ended at %llu bytes",
+                           (unsigned long long)(offset + done));
+        else if (errno != EINTR)
+            rc = thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device: cannot %s a shared file: %s",
+                           write ? "write" : "read", strerror(errno));
+    }
+    close(fd);
+    return rc;
+}
+
+static int mock_copy_h2d_async(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream)
+{
+    (void)dev; (void)stream;
+    int fd = -1;
+    uint64_t offset = 0, start = 0;
+    int found = find_mapping(dst, length, &fd, &offset, &start);
+    if (found)
+        return found < 0 ? found : shared_file_io(fd, (void *)src, length, offset, 1);
+    memcpy((void *)(uintptr_t)dst, src, length);
+    return 0;
+}
+
+static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t length)
 {
     (void)dev;
-    char path[4096];
-    if (handle_length == 0 || handle_length >= sizeof path)
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle of %u bytes is not a path", handle_length);
-    memcpy(path, handle, handle_length);
-    path[handle_length] = '\0';
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open mock IPC handle %s: %s", path, strerror(errno));
+    int fd = -1;
+    uint64_t offset = 0, start = 0;
+    int found = find_mapping(src, length, &fd, &offset, &start);
+    if (found)
+        return found < 0 ? found : shared_file_io(fd, dst, length, offset, 0);
+    memcpy(dst, (const void *)(uintptr_t)src, length);
+    return 0;
+}
+
+static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
+{
+    (void)dev;
+    uint64_t offset = 0, start = address;
+    int found = find_mapping(address, length, NULL, &offset, &start);
+    if (found < 0)
+        return found;
+    *allocation_out = start; /* other host memory: nothing says which buffers belong together */
+    if (address == 0 || address + length < address)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                         "mock device: destination 0x%llx+%llu is not a valid range",
+                         (unsigned long long)address, (unsigned long long)length);
+    return 0;
+}
+
+/* The open file, if the peer may have the pool write it: a regular file the peer owns. */
+static int check_shared_file(int fd, const char *directory, const char *name, uint32_t uid, uint64_t *length_out)
+{
     struct stat st;
-    void *map = MAP_FAILED;
-    if (fstat(fd, &st) == 0 && st.st_size > 0)
-        map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    struct mapping *m = map == MAP_FAILED ? NULL : malloc(sizeof *m);
-    if (!m) {
-        if (map != MAP_FAILED)
-            munmap(map, (size_t)st.st_size);
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot map mock IPC handle %s", path);
+    if (fstat(fd, &st) != 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot stat mock IPC handle %s/%s: %s", directory, name, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle %s/%s is not a regular file", directory, name);
+    if (st.st_uid != uid)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle %s/%s belongs to uid %u, not to the peer (uid %u)",
+                         directory, name, (unsigned)st.st_uid, (unsigned)uid);
+    if (st.st_size <= 0 || (uint64_t)st.st_size > (uint64_t)PTRDIFF_MAX / 2)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle %s/%s holds %lld bytes",
+                         directory, name, (long long)st.st_size);
+    *length_out = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int mock_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_length,
+                         const thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out)
+{
+    (void)dev;
+    const char *directory = peer->mock_directory;
+    if (!directory || !directory[0])
+        return thaw_fail(-EINVAL, "mock IPC: no directory for shared-memory files was given");
+    char name[NAME_MAX + 1];
+    if (handle_length == 0 || handle_length > NAME_MAX)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
+                         "a mock IPC handle is a file name of 1 to %d bytes, not %u bytes", NAME_MAX, handle_length);
+    memcpy(name, handle, handle_length);
+    name[handle_length] = '\0';
+    if (strlen(name) != handle_length || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle '%s' is not a file name inside %s", name, directory);
+    int dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open the shared-memory directory %s: %s", directory, strerror(errno));
+    int fd = openat(dir, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    int open_errno = errno;
+    close(dir);
+    if (fd < 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open mock IPC handle %s/%s: %s", directory, name,
+                         open_errno == ELOOP ? "it is a symbolic link" : strerror(open_errno));
+    uint64_t length = 0;
+    int rc = check_shared_file(fd, directory, name, peer->uid, &length);
+    void *reserved = MAP_FAILED;
+    if (!rc && (reserved = mmap(NULL, (size_t)length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)) == MAP_FAILED)
+        rc = thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle %s/%s: cannot reserve %llu bytes of address space",
+                       directory, name, (unsigned long long)length);
+    struct mapping *m = rc ? NULL : malloc(sizeof *m);
+    if (!rc && !m)
+        rc = thaw_fail(-ENOMEM, "out of host memory");
+    if (rc) {
+        if (reserved != MAP_FAILED)
+            munmap(reserved, (size_t)length);
+        close(fd);
+        return rc;
     }
-    *m = (struct mapping){ (uint64_t)(uintptr_t)map, (size_t)st.st_size, NULL };
+    *m = (struct mapping){ (uint64_t)(uintptr_t)reserved, length, fd, NULL };
     pthread_mutex_lock(&mappings_lock);
     m->next = mappings;
     mappings = m;
     pthread_mutex_unlock(&mappings_lock);
     *address_out = m->address;
+    *length_out = length;
     return 0;
 }
 
@@ -138,7 +240,8 @@ static int mock_ipc_close(thaw_device *dev, uint64_t address)
     pthread_mutex_unlock(&mappings_lock);
     if (!m)
         return thaw_fail(-EINVAL, "mock IPC address 0x%llx is not open", (unsigned long long)address);
-    munmap((void *)(uintptr_t)m->address, m->length);
+    munmap((void *)(uintptr_t)m->address, (size_t)m->length);
+    close(m->fd);
     free(m);
     return 0;
 }

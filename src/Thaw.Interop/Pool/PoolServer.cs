@@ -31,6 +31,10 @@ public sealed class PoolServer : IDisposable
     public string SocketPath { get; }
     public Action<string>? Log { get; init; }
 
+    /// <summary>Mock device only: the directory whose files a peer's handles may name
+    /// (files the peer owns, no symbolic links); told to clients by ping.</summary>
+    public string SharedMemoryDirectory { get; init; } = PoolProtocol.DefaultSharedMemoryDirectory();
+
     public void Start()
     {
         if (File.Exists(SocketPath))
@@ -93,7 +97,7 @@ public sealed class PoolServer : IDisposable
                 string response;
                 try
                 {
-                    response = allowed ? Handle(line)
+                    response = allowed ? Handle(line, new PoolPeer(uid, SharedMemoryDirectory))
                         : PoolProtocol.Error(new ThawException(ThawErrorKind.InvalidArgument, $"uid {uid} is not served by this pool"));
                 }
                 catch (Exception e)
@@ -112,24 +116,24 @@ public sealed class PoolServer : IDisposable
         }
     }
 
-    private string Handle(string line)
+    private string Handle(string line, PoolPeer peer)
     {
         using JsonDocument document = JsonDocument.Parse(line, new JsonDocumentOptions { MaxDepth = 8 });
         JsonElement request = document.RootElement;
-        string op = request.GetProperty("op").GetString() ?? "";
+        string op = PoolProtocol.Op(request);
         switch (op)
         {
             case "ping":
-                return PoolProtocol.Write(w => w.WriteBoolean("ok", true));
+                return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteString("shm_dir", SharedMemoryDirectory); });
             case "load":
             {
-                PoolEntryInfo info = _pool.Load(request.GetProperty("snapshot").GetString()!);
+                PoolEntryInfo info = _pool.Load(PoolProtocol.SnapshotPath(request));
                 Log?.Invoke($"holding {info.Path} ({info.Bytes} bytes)");
                 return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteString("snapshot", info.Path); w.WriteNumber("bytes", info.Bytes); });
             }
             case "evict":
             {
-                bool evicted = _pool.Evict(request.GetProperty("snapshot").GetString()!);
+                bool evicted = _pool.Evict(PoolProtocol.SnapshotPath(request));
                 return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteBoolean("evicted", evicted); });
             }
             case "list":
@@ -155,7 +159,7 @@ public sealed class PoolServer : IDisposable
                 });
             case "restore":
             {
-                var result = _pool.Restore(request.GetProperty("snapshot").GetString()!, PoolProtocol.ParseTargets(request));
+                var result = _pool.Restore(PoolProtocol.SnapshotPath(request), PoolProtocol.ParseTargets(request), peer);
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);
@@ -164,7 +168,7 @@ public sealed class PoolServer : IDisposable
                 });
             }
             default:
-                throw new ArgumentException($"unknown op '{op}'");
+                throw new ArgumentException($"unknown op '{(op.Length > 40 ? op[..40] + "..." : op)}'");
         }
     }
 

@@ -10,6 +10,10 @@ namespace Thaw.Interop.Pool;
 /// in, its byte offset inside that allocation, and the bytes available there.</summary>
 public sealed record PoolTarget(string Name, byte[] Handle, long Offset, long Capacity);
 
+/// <summary>Who asks for a restore (uid from SO_PEERCRED), and the directory its mock
+/// handles must name files in: the pool opens only memory that peer owns.</summary>
+public sealed record PoolPeer(uint Uid, string SharedMemoryDirectory);
+
 public sealed record PoolEntryInfo(string Path, long Bytes, int Tensors, long Hits, long BytesServed, DateTime LastUsed);
 
 /// <summary>Snapshots held once in pinned host memory, up to a budget, least recently
@@ -103,10 +107,15 @@ public sealed unsafe class SnapshotPool : IDisposable
             return _entries.Select(kv => Info(kv.Key, kv.Value)).OrderBy(i => i.Path, StringComparer.Ordinal).ToList();
     }
 
-    /// <summary>Copies the named tensors from pinned memory into the client's allocations.</summary>
+    /// <summary>Most distinct allocations one restore may open.</summary>
+    public const int MaxHandlesPerRestore = 1024;
+
+    /// <summary>Copies the named tensors from pinned memory into the peer's allocations. Every
+    /// target is bounded by the real size of the allocation its handle opens before any copy.</summary>
     /// <exception cref="FileNotFoundException">The pool does not hold the snapshot.</exception>
-    /// <exception cref="ThawMismatchException">A name the snapshot lacks, a destination too small, or a handle that cannot be opened.</exception>
-    public RestoreResult Restore(string path, IReadOnlyList<PoolTarget> targets)
+    /// <exception cref="ThawMismatchException">A name the snapshot lacks, a destination too small or past
+    /// the end of its allocation, or a handle that cannot be opened or is not the peer's.</exception>
+    public RestoreResult Restore(string path, IReadOnlyList<PoolTarget> targets, PoolPeer peer)
     {
         string key = Key(path);
         Entry entry;
@@ -116,7 +125,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 throw new FileNotFoundException($"the pool does not hold {key}", key);
             entry.InUse++;
         }
-        var opened = new Dictionary<string, ulong>(StringComparer.Ordinal);
+        var opened = new Dictionary<string, (ulong Address, long Length)>(StringComparer.Ordinal);
         var started = Stopwatch.StartNew();
         try
         {
@@ -132,20 +141,25 @@ public sealed unsafe class SnapshotPool : IDisposable
                 if (target.Capacity < tensor.Length || target.Offset < 0)
                     throw new ThawMismatchException($"{key}: the destination of tensor '{tensor.Name}' holds {target.Capacity} bytes, the snapshot region has {tensor.Length}");
                 string handleKey = Convert.ToBase64String(target.Handle);
-                if (!opened.TryGetValue(handleKey, out ulong baseAddress))
+                if (!opened.TryGetValue(handleKey, out var allocation))
                 {
+                    if (opened.Count == MaxHandlesPerRestore)
+                        throw new ThawMismatchException($"{key}: a restore may open at most {MaxHandlesPerRestore} allocations");
                     try
                     {
-                        baseAddress = _device.IpcOpen(target.Handle);
+                        allocation = _device.IpcOpen(target.Handle, peer.Uid, peer.SharedMemoryDirectory);
                     }
                     catch (ThawMismatchException e)
                     {
                         throw new ThawMismatchException($"tensor '{tensor.Name}': {e.Message}");
                     }
-                    opened[handleKey] = baseAddress;
+                    opened[handleKey] = allocation;
                 }
+                if (target.Offset > allocation.Length || target.Capacity > allocation.Length - target.Offset)
+                    throw new ThawMismatchException($"{key}: the destination of tensor '{tensor.Name}' (offset {target.Offset}, " +
+                        $"capacity {target.Capacity}) runs past the end of its allocation of {allocation.Length} bytes");
                 if (tensor.Length > 0)
-                    copies.Add(new Copy { HostAddress = (ulong)(entry.Buffer + tensor.Offset), DeviceAddress = baseAddress + (ulong)target.Offset, Length = (ulong)tensor.Length });
+                    copies.Add(new Copy { HostAddress = (ulong)(entry.Buffer + tensor.Offset), DeviceAddress = allocation.Address + (ulong)target.Offset, Length = (ulong)tensor.Length });
                 bytes += tensor.Length;
             }
             _device.CopyHostToDevice(copies.ToArray());
@@ -159,8 +173,8 @@ public sealed unsafe class SnapshotPool : IDisposable
         }
         finally
         {
-            foreach (ulong address in opened.Values)
-                _device.IpcClose(address);
+            foreach (var allocation in opened.Values)
+                _device.IpcClose(allocation.Address);
             lock (_lock)
                 entry.InUse--;
         }

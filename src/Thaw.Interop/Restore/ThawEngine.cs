@@ -191,14 +191,19 @@ public sealed class ThawEngine : IDisposable
 
     public unsafe void UnpinHost(void* host) => NativeErrors.Check(EngineUnpinHost(_handle, host));
 
-    /// <summary>Opens another process's allocation (CUDA: its 64-byte IPC handle; mock: a shared-memory file path).</summary>
-    /// <exception cref="ThawMismatchException">The handle cannot be opened.</exception>
-    public unsafe ulong IpcOpen(ReadOnlySpan<byte> handle)
+    /// <summary>Opens a peer's allocation, confined to memory that peer owns: CUDA, its 64-byte
+    /// IPC handle; mock, the name of a regular file of the peer's uid directly inside
+    /// <paramref name="mockDirectory"/> (symbolic links refused). Returns its start and size.</summary>
+    /// <exception cref="ThawMismatchException">The handle cannot be opened, or is not the peer's to give.</exception>
+    public unsafe (ulong Address, long Length) IpcOpen(ReadOnlySpan<byte> handle, uint peerUid, string mockDirectory)
     {
+        byte[] directory = System.Text.Encoding.UTF8.GetBytes(mockDirectory + "\0");
         fixed (byte* p = handle)
+        fixed (byte* d = directory)
         {
-            NativeErrors.Check(EngineIpcOpen(_handle, p, (uint)handle.Length, out ulong address));
-            return address;
+            var peer = new IpcPeer { StructSize = (uint)sizeof(IpcPeer), Uid = peerUid, MockDirectory = d };
+            NativeErrors.Check(EngineIpcOpen(_handle, p, (uint)handle.Length, &peer, out ulong address, out ulong length));
+            return (address, checked((long)length));
         }
     }
 

@@ -72,12 +72,15 @@ int thawcore_engine_unpin_host(thawcore_engine *e, void *host)
     return rc ? rc : e->dev.ops->unpin_host(&e->dev, host);
 }
 
-int thawcore_engine_ipc_open(thawcore_engine *e, const void *handle, uint32_t handle_length, uint64_t *address_out)
+int thawcore_engine_ipc_open(thawcore_engine *e, const void *handle, uint32_t handle_length,
+                             const thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out)
 {
     thaw_clear_error();
-    if (!e || !handle || !address_out)
+    if (!e || !handle || !peer || !address_out || !length_out)
         return thaw_fail(-EINVAL, "missing argument");
-    return e->dev.ops->ipc_open(&e->dev, handle, handle_length, address_out);
+    if (peer->struct_size < sizeof *peer)
+        return thaw_fail(-EINVAL, "thawcore_ipc_peer of %u bytes is too small", peer->struct_size);
+    return e->dev.ops->ipc_open(&e->dev, handle, handle_length, peer, address_out, length_out);
 }
 
 int thawcore_engine_ipc_close(thawcore_engine *e, uint64_t address)
