@@ -94,6 +94,60 @@ public class FaultTests
     }
 
     [Test]
+    public void ConvertOfAShardThatShrinksMidwayFailsNamingTheShard()
+    {
+        // 4 KiB engine chunks: the converter reads 8 chunks ahead at most, so when the first bytes
+        // are written almost all of this 1 MiB shard is still to be read.
+        string checkpoint = _files.PathOf("model.safetensors");
+        TestFiles.WriteSafetensors(checkpoint, Enumerable.Range(0, 4)
+            .Select(i => ($"w{i}", "U8", new long[] { 256 << 10 }, TestFiles.RandomBytes(256 << 10, i))));
+        byte[] original = File.ReadAllBytes(checkpoint);
+        string output = _files.PathOf("model.thaw");
+        using var engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 4096, StagingBytes = 4096 * 8, IoThreads = 2 });
+        int truncations = 0;
+        void TruncateOnce(long done, long total)
+        {
+            if (Interlocked.Exchange(ref truncations, 1) == 0)
+                using (var file = File.OpenHandle(checkpoint, FileMode.Open, FileAccess.Write))
+                    RandomAccess.SetLength(file, 512 << 10);
+        }
+        var e = Assert.Throws<ThawFormatException>(() => CheckpointConverter.Convert(checkpoint, output, engine, TruncateOnce))!;
+        Assert.That(e.Message, Does.StartWith(checkpoint + ": file shrank while it was converted"));
+        Assert.That(e.Message, Does.Contain("the file now ends at 524288"));
+        Assert.That(Directory.GetFiles(_files.Directory).Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors" }), "no output, no temporary");
+
+        File.WriteAllBytes(checkpoint, original);
+        Snapshot s = CheckpointConverter.Convert(checkpoint, output, engine);
+        engine.Verify(s);
+        Assert.That(s.Tensors.Select(t => t.Crc32C), Is.EqualTo(Enumerable.Range(0, 4)
+            .Select(i => Thaw.Interop.Native.Crc32C.Compute(TestFiles.RandomBytes(256 << 10, i)))), "pieces' checksums combine into the region's");
+    }
+
+    [Test]
+    public void ThawConvertOfAShardTruncatedWhileItRunsExitsOneWithTheShardsName()
+    {
+        ThawCli.RequireBuilt();
+        string checkpoint = _files.PathOf("ckpt");
+        Run($"generate {checkpoint} --size-mib 96 --shards 1 --quiet");
+        string shard = Directory.GetFiles(checkpoint, "*.safetensors").Single();
+        // 1 MiB chunks: the converter is at most 16 MiB ahead of what it has written when it first reports progress.
+        var start = new ProcessStartInfo(ThawCli.Path, $"convert {checkpoint} {_files.PathOf("model.thaw")} --chunk-mib 1")
+            { RedirectStandardError = true, RedirectStandardOutput = true };
+        using var process = Process.Start(start)!;
+        string first = process.StandardError.ReadLine() ?? "";
+        using (var file = File.OpenHandle(shard, FileMode.Open, FileAccess.Write))
+            RandomAccess.SetLength(file, 1 << 20);
+        string[] rest = process.StandardError.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        process.WaitForExit();
+        if (process.ExitCode == 0)
+            Assert.Inconclusive("the conversion finished before the shard was truncated");
+        Assert.That(first, Does.StartWith("convert:"));
+        Assert.That(process.ExitCode, Is.EqualTo(1), string.Join("\n", rest));
+        Assert.That(rest.Where(l => !l.StartsWith("convert:")), Has.Exactly(1).StartsWith($"thaw: error: {shard}: file shrank while it was converted"));
+        Assert.That(rest, Has.All.StartsWith("convert:").Or.StartsWith("thaw: error:"), "no stack trace");
+    }
+
+    [Test]
     public void OnlyTemporariesOfDeadWritersAreRemoved()
     {
         string dead = _files.PathOf($".x.thaw.tmp-{int.MaxValue}-abc");

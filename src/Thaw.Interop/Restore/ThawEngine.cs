@@ -14,15 +14,21 @@ public sealed class ThawEngine : IDisposable
 {
     private readonly EngineHandle _handle;
 
-    private ThawEngine(EngineHandle handle, DeviceKind kind, int ordinal)
+    /// <summary>The core's chunk size when <see cref="EngineSettings.ChunkBytes"/> is 0 (thaw_core.h).</summary>
+    private const long DefaultChunkBytes = 8L << 20;
+
+    private ThawEngine(EngineHandle handle, DeviceKind kind, int ordinal, long chunkBytes)
     {
         _handle = handle;
         Kind = kind;
         Ordinal = ordinal;
+        ChunkBytes = chunkBytes > 0 ? chunkBytes : DefaultChunkBytes;
     }
 
     public DeviceKind Kind { get; }
     public int Ordinal { get; }
+    /// <summary>The size of the pieces the engine moves at a time.</summary>
+    public long ChunkBytes { get; }
 
     /// <exception cref="ThawDeviceException">No CUDA driver or no such device.</exception>
     public static unsafe ThawEngine Create(DeviceKind kind, int ordinal = 0, EngineSettings? settings = null)
@@ -37,7 +43,7 @@ public sealed class ThawEngine : IDisposable
             ChunkBytes = (ulong)Math.Max(0, settings.ChunkBytes),
             StagingBytes = (ulong)Math.Max(0, settings.StagingBytes),
         };
-        return new ThawEngine(EngineHandle.Create(options), kind, ordinal);
+        return new ThawEngine(EngineHandle.Create(options), kind, ordinal, settings.ChunkBytes);
     }
 
     /// <summary>Devices of a kind on this machine (0 when there is no driver).</summary>

@@ -1,37 +1,52 @@
-using System.IO.MemoryMappedFiles;
+using Microsoft.Win32.SafeHandles;
 using Thaw.Interop.Format;
 using Thaw.Interop.Freeze;
 using Thaw.Interop.Restore;
 
 namespace Thaw.Interop.Safetensors;
 
-/// <summary>Converts a Hugging Face safetensors checkpoint into a snapshot with no GPU:
-/// the shards are mapped read-only and their tensors written through the engine as
-/// host sources, in shard and file order, so both files are read and written sequentially.</summary>
+/// <summary>Converts a Hugging Face safetensors checkpoint into a snapshot with no GPU: the
+/// shards' tensors are read with pread (never mapped: a shard truncated under a mapping would
+/// end the process with SIGBUS) and written through the engine, in shard and file order, so
+/// both files are read and written sequentially.</summary>
 public static class CheckpointConverter
 {
     /// <exception cref="FileNotFoundException">The checkpoint does not exist.</exception>
-    /// <exception cref="ThawFormatException">A shard or index is malformed.</exception>
-    public static unsafe Snapshot Convert(string checkpointPath, string outputPath, ThawEngine engine,
+    /// <exception cref="ThawFormatException">A shard or index is malformed, or a shard shrank while it was read.</exception>
+    public static Snapshot Convert(string checkpointPath, string outputPath, ThawEngine engine,
         Action<long, long>? progress = null, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
         HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(checkpointPath);
-        var maps = new List<(MemoryMappedFile File, MemoryMappedViewAccessor View)>();
+        var handles = new List<SafeFileHandle>();
         try
         {
-            var sources = new List<TensorSource>(checkpoint.TensorCount);
+            var specs = new List<TensorSpec>(checkpoint.TensorCount);
+            var origins = new List<(SafetensorsFile Shard, SafeFileHandle File, SafetensorsTensor Tensor)>(checkpoint.TensorCount);
             foreach (SafetensorsFile shard in checkpoint.Shards)
             {
-                var map = MemoryMappedFile.CreateFromFile(shard.Path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-                var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-                maps.Add((map, view));
-                if (view.Capacity < shard.FileLength)
-                    throw new ThawFormatException(shard.Path, "file changed size while it was converted");
-                byte* basePointer = null;
-                view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePointer);
-                ulong baseAddress = (ulong)(basePointer + view.PointerOffset);
+                SafeFileHandle file = File.OpenHandle(shard.Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+                handles.Add(file);
+                if (RandomAccess.GetLength(file) < shard.FileLength)
+                    throw new ThawFormatException(shard.Path, $"file shrank while it was converted ({shard.FileLength} bytes when its header was read, {RandomAccess.GetLength(file)} now)");
                 foreach (SafetensorsTensor tensor in shard.Tensors)
-                    sources.Add(new TensorSource(tensor.Name, tensor.DType, tensor.Shape, baseAddress + (ulong)tensor.FileOffset));
+                {
+                    specs.Add(new TensorSpec(tensor.Name, tensor.DType, tensor.Shape));
+                    origins.Add((shard, file, tensor));
+                }
+            }
+            void Read(int index, long offset, Span<byte> destination)
+            {
+                var (shard, file, tensor) = origins[index];
+                long at = tensor.FileOffset + offset;
+                while (destination.Length > 0)
+                {
+                    int n = RandomAccess.Read(file, destination, at);
+                    if (n == 0)
+                        throw new ThawFormatException(shard.Path, $"file shrank while it was converted: tensor '{tensor.Name}' needs bytes up to " +
+                            $"{tensor.FileOffset + tensor.Length}, the file now ends at {RandomAccess.GetLength(file)}");
+                    destination = destination[n..];
+                    at += n;
+                }
             }
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
             {
@@ -42,16 +57,12 @@ public static class CheckpointConverter
                 metadata[$"safetensors.{key}"] = value;
             foreach (var (key, value) in extraMetadata ?? new Dictionary<string, string>())
                 metadata[key] = value;
-            return SnapshotWriter.Write(engine, outputPath, sources, metadata, sourceIsHost: true, progress: progress);
+            return SnapshotWriter.Write(engine, outputPath, specs, Read, metadata, progress: progress);
         }
         finally
         {
-            foreach (var (map, view) in maps)
-            {
-                view.SafeMemoryMappedViewHandle.ReleasePointer();
-                view.Dispose();
-                map.Dispose();
-            }
+            foreach (SafeFileHandle file in handles)
+                file.Dispose();
         }
     }
 }
