@@ -19,13 +19,13 @@ def __getattr__(name):
     if name == "from_pretrained":
         from .hf import from_pretrained
         return from_pretrained
-    if name in ("load", "freeze_vllm"):
+    if name in ("load", "freeze_vllm", "restore_vllm"):
         from . import vllm_api
         return getattr(vllm_api, name)
     raise AttributeError(name)
 
 
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
-           "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "from_pretrained",
+           "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
            "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

@@ -69,15 +69,18 @@ def _device_request(device: torch.device, **engine_options):
     raise ValueError(f"Thaw restores into cuda or cpu tensors, not {device.type}")
 
 
-def module_tensors(module: torch.nn.Module, attributes: bool = True) -> dict:
+def module_tensors(module: torch.nn.Module, attributes=True) -> dict:
     """Every tensor a module holds, by dotted name: parameters and buffers (non-persistent
-    ones too, every alias of a tied one too) and, with attributes, plain tensors kept as
-    module attributes (what post-load processing often derives, e.g. MLA's matrices)."""
+    ones too, every alias of a tied one too) and plain tensors kept as module attributes
+    (what post-load processing often derives): with attributes=True every public one,
+    with a collection of names only those, with False none."""
     named = {}
     for prefix, child in module.named_modules(remove_duplicate=False):
         owned = list(child._parameters.items()) + list(child._buffers.items())
-        if attributes:
+        if attributes is True:
             owned += [(k, v) for k, v in vars(child).items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
+        elif attributes:
+            owned += [(k, v) for k, v in vars(child).items() if k in attributes and isinstance(v, torch.Tensor)]
         for name, tensor in owned:
             if tensor is not None:
                 named[f"{prefix}.{name}" if prefix else name] = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
@@ -95,35 +98,74 @@ def info(path) -> dict:
     return _native.snapshot_info(path)
 
 
+# Destinations that are not contiguous (vLLM's fp8 layers keep weight.t()) are restored
+# into contiguous staging tensors of at most this many bytes at a time, then copied.
+STAGING_BATCH_BYTES = 1 << 30
+
+
+def _nbytes(tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _staging_batches(staged: list, limit: int) -> list:
+    """[(name, destination)] in groups of at most limit bytes (a larger tensor alone)."""
+    batches, current, size = [], [], 0
+    for name, tensor in staged:
+        if current and size + _nbytes(tensor) > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append((name, tensor))
+        size += _nbytes(tensor)
+    return batches + ([current] if current else [])
+
+
 def _restore(path, tensors: dict, safetensors: bool, engine_options: dict):
-    """Restores {name: tensor} from the file, one engine call per device."""
-    by_device = {}
-    seen_storage = set()
+    """Restores {name: tensor} from the file, one engine call per device; destinations that
+    are not contiguous go through contiguous staging copies, in bounded batches."""
+    direct, staged, seen_storage = [], [], set()
     for name, tensor in tensors.items():
-        if not tensor.is_contiguous():
-            raise ThawMismatchError(f"{path}: destination tensor '{name}' is not contiguous")
-        key = (tensor.device, tensor.data_ptr(), tensor.numel())
+        key = (tensor.device, tensor.data_ptr(), tensor.numel(), tuple(tensor.stride()))
         if key in seen_storage and tensor.numel() > 0:
             continue  # the same memory under another name
         seen_storage.add(key)
-        by_device.setdefault(tensor.device, []).append((name, tensor))
+        (direct if tensor.is_contiguous() else staged).append((name, tensor))
+    batches = _staging_batches(staged, STAGING_BATCH_BYTES)
     total_bytes, total_seconds = 0, 0.0
-    for device, items in by_device.items():
-        stats = _native.restore(
-            path, _device_request(device, **engine_options),
-            [n for n, _ in items], [thaw_dtype(t.dtype) for _, t in items],
-            [list(t.shape) for _, t in items], [t.data_ptr() for _, t in items],
-            [t.numel() * t.element_size() for _, t in items], safetensors=safetensors)
-        total_bytes += stats.bytes
-        total_seconds += stats.seconds
+    for round_index in range(max(1, len(batches))):
+        pairs = [(n, torch.empty(t.shape, dtype=t.dtype, device=t.device), t) for n, t in (batches[round_index] if batches else [])]
+        items = [(n, t) for n, t in direct] if round_index == 0 else []
+        items += [(n, stage) for n, stage, _ in pairs]
+        stats = _restore_call(path, items, safetensors, engine_options)
+        for _, stage, destination in pairs:
+            destination.copy_(stage)
+        total_bytes += stats[0]
+        total_seconds += stats[1]
     gbps = total_bytes / total_seconds / 1e9 if total_seconds > 0 else 0.0
     return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}
+
+
+def _restore_call(path, items: list, safetensors: bool, engine_options: dict):
+    """One engine call per device for [(name, contiguous tensor)]; returns (bytes, seconds)."""
+    by_device = {}
+    for name, tensor in items:
+        by_device.setdefault(tensor.device, []).append((name, tensor))
+    total_bytes, total_seconds = 0, 0.0
+    for device, group in by_device.items():
+        stats = _native.restore(
+            path, _device_request(device, **engine_options),
+            [n for n, _ in group], [thaw_dtype(t.dtype) for _, t in group],
+            [list(t.shape) for _, t in group], [t.data_ptr() for _, t in group],
+            [_nbytes(t) for _, t in group], safetensors=safetensors)
+        total_bytes += stats.bytes
+        total_seconds += stats.seconds
+    return total_bytes, total_seconds
 
 
 def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **engine_options) -> dict:
     """Restores a snapshot in place into the tensors of a module or a state dict.
 
-    Every destination must be contiguous and match the snapshot's dtype and shape.
+    Every destination must match the snapshot's dtype and shape; destinations that are not
+    contiguous are filled through contiguous staging copies.
     With strict, the snapshot (its tensors and their recorded aliases) and the
     destination must hold the same names. Returns {"bytes", "seconds", "gbps"}.
     engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.

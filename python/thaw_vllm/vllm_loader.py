@@ -7,40 +7,77 @@ structure, and the snapshot — which holds the weights after processing — is 
 in place: the snapshot's weights are never processed a second time. Without a
 snapshot, or with {"checkpoint": dir}, the Hugging Face safetensors shards are
 streamed through the engine and handed to the model's own load_weights.
+docs/VLLM.md is the user's guide.
 """
+import inspect
 import logging
+import os
 import time
+from pathlib import Path
 
 import torch
 
-from . import torch_io
-from .errors import ThawMismatchError
+from . import torch_io, vllm_capture
+from .errors import ThawError, ThawMismatchError
 from .vllm_config import check_fingerprint, fingerprint, parallel_ranks, rank_file
 
 log = logging.getLogger("thaw_vllm")
 
 FORMAT = "thaw"
+
+
+def _choice(*allowed):
+    def check(key, value):
+        if value not in allowed:
+            raise ValueError(f"load_format='thaw': {key} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+    return check
+
+
+def _count(key, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+        raise ValueError(f"load_format='thaw': {key} must be a whole number from 0 to {1 << 20}, not {value!r}")
+
+
+def _flag(key, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"load_format='thaw': {key} must be true or false, not {value!r}")
+
+
+def _path(key, value):
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"load_format='thaw': {key} must be a path, not {value!r}")
+
+
+def _pool(key, value):
+    if not isinstance(value, bool) and not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"load_format='thaw': pool must be true, false or a socket path, not {value!r}")
+
+
+# model_loader_extra_config keys: (meaning, check). One row per key; add a row to add a key.
 EXTRA_KEYS = {
-    "snapshot": "snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)",
-    "checkpoint": "Hugging Face safetensors checkpoint to stream instead (default: the model's own)",
-    "draft_snapshot": "snapshot for the speculative-decoding draft model",
-    "pool": "a thaw pool socket to restore through (true: the default socket); falls back to the file",
-    "io": "auto | buffered | direct",
-    "verify": "check every region's CRC32C while restoring",
-    "threads": "reader threads (0: one a core, up to 16)",
-    "chunk_mib": "staging chunk size in MiB",
-    "staging_mib": "pinned staging memory in MiB",
+    "snapshot": ("snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)", _path),
+    "checkpoint": ("Hugging Face safetensors checkpoint to stream instead (default: the model's own)", _path),
+    "draft_snapshot": ("snapshot of the speculative-decoding draft model (default: <snapshot>/draft when present)", _path),
+    "pool": ("a thaw pool socket to restore through (true: the default socket); falls back to the file", _pool),
+    "io": ("auto | buffered | direct", _choice("auto", "buffered", "direct")),
+    "verify": ("check every region's CRC32C while restoring", _flag),
+    "threads": ("reader threads (0: one a core, up to 16)", _count),
+    "chunk_mib": ("staging chunk size in MiB", _count),
+    "staging_mib": ("pinned staging memory in MiB", _count),
+    "sleep_backend": ("use Thaw as vLLM's sleep-mode backend: sleep(2) then wake_up() restores the snapshot", _flag),
 }
 
 
 def validate_extra_config(extra) -> dict:
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"load_format='thaw': model_loader_extra_config must be a dict, got {type(extra).__name__}")
     extra = dict(extra or {})
     unknown = sorted(set(extra) - set(EXTRA_KEYS))
     if unknown:
         raise ValueError(f"load_format='thaw': unknown model_loader_extra_config keys {unknown}; "
-                         f"known: {', '.join(f'{k} ({v})' for k, v in EXTRA_KEYS.items())}")
-    if extra.get("io", "auto") not in ("auto", "buffered", "direct"):
-        raise ValueError(f"load_format='thaw': io must be auto, buffered or direct, not {extra['io']!r}")
+                         f"known: {', '.join(f'{k} ({v[0]})' for k, v in EXTRA_KEYS.items())}")
+    for key, value in extra.items():
+        EXTRA_KEYS[key][1](key, value)
     return extra
 
 
@@ -52,32 +89,100 @@ def engine_options(extra) -> dict:
 
 def _initialize_model(vllm_config, model_config, prefix):
     from vllm.model_executor.model_loader.utils import initialize_model
-    try:
+    # Releases before 2026-01 have no prefix argument; ask the signature rather than
+    # retrying on TypeError, which would swallow a model constructor's own TypeError.
+    if "prefix" in inspect.signature(initialize_model).parameters:
         return initialize_model(vllm_config=vllm_config, model_config=model_config, prefix=prefix)
-    except TypeError:  # releases before the prefix argument (2026-01)
-        return initialize_model(vllm_config=vllm_config, model_config=model_config)
+    return initialize_model(vllm_config=vllm_config, model_config=model_config)
+
+
+def _has_online_quant(model) -> bool:
+    """base_loader.py _has_online_quant: quant methods that create weights on meta."""
+    return any(getattr(getattr(m, "quant_method", None), "uses_meta_device", False) for m in model.modules())
 
 
 def _process(model, model_config, device):
+    """What BaseModelLoader.load_model runs after load_weights: finalize the layers that
+    online quantization left unprocessed, then process_weights_after_loading."""
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
+    if _has_online_quant(model):
+        try:
+            from vllm.model_executor.model_loader.reload import finalize_layerwise_processing
+        except ImportError:
+            raise ThawError("load_format='thaw': this model uses online quantization, and this vLLM has no "
+                            "finalize_layerwise_processing to complete it; load it with load_format='auto'") from None
+        finalize_layerwise_processing(model, model_config)
     process_weights_after_loading(model, model_config, device)
 
 
-def restore_snapshot(model, snapshot, model_config, options) -> dict:
-    """Restores this rank's file of a snapshot into an already processed model."""
-    ranks = parallel_ranks()
-    path = rank_file(snapshot, *ranks)
+def _refuse_unmaterialized(model, what) -> None:
+    left = [name for name, t in vllm_capture.model_tensors(model).items() if t.is_meta]
+    if left:
+        raise ThawError(f"load_format='thaw': after processing, {what} still has tensors on the meta device "
+                        f"({', '.join(left[:5])}{' ...' if len(left) > 5 else ''}); this quantization method "
+                        "cannot be restored from a snapshot; load it with load_format='auto'")
+
+
+def is_draft(vllm_config, model_config, prefix="") -> bool:
+    """Whether this load is the speculative-decoding draft: vLLM hands the draft its own
+    VllmConfig whose model_config is the draft's (v1/spec_decode/draft_model.py), or the
+    target's VllmConfig with the draft's model_config (llm_base_proposer.py _get_model)."""
+    spec = getattr(vllm_config, "speculative_config", None)
+    draft_config = getattr(spec, "draft_model_config", None)
+    if draft_config is not None and model_config is draft_config:
+        return True
+    return model_config is not vllm_config.model_config or prefix == "draft_model"
+
+
+def resolve_checkpoint(model_or_path, load_config, revision=None) -> Path:
+    """A local directory of safetensors for a path or a Hugging Face id, resolved as vLLM's
+    default loader resolves it (weight_utils.download_weights_from_hf: the hub cache,
+    downloading unless HF_HUB_OFFLINE is set)."""
+    path = Path(str(model_or_path))
+    if path.exists():
+        return path
+    try:
+        from vllm.model_executor.model_loader.weight_utils import download_weights_from_hf
+    except ImportError:
+        raise FileNotFoundError(f"load_format='thaw': {model_or_path} is not a local checkpoint") from None
+    try:
+        folder = download_weights_from_hf(str(model_or_path), getattr(load_config, "download_dir", None),
+                                          ["*.safetensors"], revision,
+                                          ignore_patterns=getattr(load_config, "ignore_patterns", None))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"load_format='thaw': cannot find the safetensors of '{model_or_path}' locally or on the hub "
+            f"({type(e).__name__}: {e}); download it first or pass {{'checkpoint': directory}}") from None
+    return Path(folder)
+
+
+def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None) -> dict:
+    """Restores this rank's file of a snapshot into an already processed model: tensors,
+    then the scalars processing derived."""
+    ranks = parallel_ranks(vllm_config)
+    path = rank_file(snapshot, ranks)
     header = torch_io.info(path)
-    check_fingerprint(path, header["metadata"], fingerprint(model_config, *ranks))
-    if (header["tp_rank"], header["tp_world_size"]) != (ranks[0], ranks[1]):
+    check_fingerprint(path, header["metadata"], fingerprint(vllm_config, model_config, ranks, model, device))
+    if (header["tp_rank"], header["tp_world_size"]) != (ranks.tp_rank, ranks.tp_world):
         raise ThawMismatchError(f"{path} is tensor-parallel rank {header['tp_rank']} of {header['tp_world_size']}, "
-                                f"this worker is rank {ranks[0]} of {ranks[1]}")
+                                f"this worker is rank {ranks.tp_rank} of {ranks.tp_world}")
     started = time.perf_counter()
-    stats = torch_io.restore_into(torch_io.module_tensors(model), path, strict=True, **options)
+    stats = torch_io.restore_into(vllm_capture.model_tensors(model), path, strict=True, **options)
+    vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started
-    log.info("thaw: rank tp%d/pp%d restored %d bytes from %s in %.3f s (%.2f GB/s)",
-             ranks[0], ranks[2], stats["bytes"], path, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
+    log.info("thaw: rank %s restored %d bytes from %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"], path,
+             seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
     return stats
+
+
+def draft_snapshot(extra):
+    """The draft's snapshot: draft_snapshot, else <snapshot>/draft when freeze_vllm wrote one."""
+    if extra.get("draft_snapshot"):
+        return extra["draft_snapshot"]
+    snapshot = extra.get("snapshot")
+    if snapshot is not None and (Path(snapshot) / "draft").is_dir():
+        return str(Path(snapshot) / "draft")
+    return None
 
 
 def make_loader_class():
@@ -94,51 +199,71 @@ def make_loader_class():
             super().__init__(load_config)
             self.extra = validate_extra_config(load_config.model_loader_extra_config)
 
-        def download_model(self, model_config) -> None:
-            pass  # snapshots are local files; checkpoints are resolved by vLLM
-
         def _device(self, vllm_config):
             return torch.device(self.load_config.device or vllm_config.device_config.device)
 
-        def load_weights(self, model, model_config) -> None:
-            # Reached by reload_weights on a live, processed model: copy the snapshot in place.
-            snapshot = self.extra.get("snapshot")
-            if snapshot is None:
-                model.load_weights(torch_io.iter_checkpoint(self._checkpoint(model_config), "cuda", **engine_options(self.extra)))
-                return
-            restore_snapshot(model, snapshot, model_config, engine_options(self.extra))
+        def _checkpoint(self, model_config, draft=False) -> Path:
+            source = None if draft else (self.extra.get("checkpoint") or getattr(model_config, "model_weights", None))
+            return resolve_checkpoint(source or model_config.model, self.load_config, getattr(model_config, "revision", None))
 
-        def _checkpoint(self, model_config):
-            return self.extra.get("checkpoint") or getattr(model_config, "model_weights", None) or model_config.model
+        def download_model(self, model_config) -> None:
+            if self.extra.get("snapshot") is None:
+                self._checkpoint(model_config)
+
+        def get_all_weights(self, model_config, model):
+            """The checkpoint's (name, tensor) pairs, read through the engine: what
+            reload_weights (sleep level 2) feeds to model.load_weights."""
+            device = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
+            yield from torch_io.iter_checkpoint(self._checkpoint(model_config), device, **engine_options(self.extra))
+
+        def load_weights(self, model, model_config) -> None:
+            # Reached when vLLM calls load_weights on a built model: stream the checkpoint in.
+            model.load_weights(self.get_all_weights(model_config, model))
 
         def load_model(self, vllm_config, model_config, prefix: str = "", **kwargs):
             device = self._device(vllm_config)
-            is_draft = model_config is not vllm_config.model_config
-            snapshot = self.extra.get("draft_snapshot" if is_draft else "snapshot")
-            with torch_io.default_dtype(model_config.dtype), torch_io.device_scope(device):
-                model = _initialize_model(vllm_config, model_config, prefix)
+            draft = is_draft(vllm_config, model_config, prefix)
+            snapshot = draft_snapshot(self.extra) if draft else self.extra.get("snapshot")
             options = engine_options(self.extra)
-            if snapshot is None:
-                # A draft model without its own snapshot streams its own checkpoint.
-                checkpoint = model_config.model if is_draft else self._checkpoint(model_config)
-                started = time.perf_counter()
-                model.load_weights(torch_io.iter_checkpoint(checkpoint, device, **options))
-                log.info("thaw: streamed checkpoint %s in %.3f s", checkpoint, time.perf_counter() - started)
-                _process(model, model_config, device)
-            else:
-                # Processing runs once, on the empty model, to build the processed
-                # structure; the snapshot already holds processed values.
-                _process(model, model_config, device)
-                restore_snapshot(model, snapshot, model_config, options)
+            # BaseModelLoader.load_model keeps the model dtype for the whole load: processing
+            # allocates in the default dtype too.
+            with torch_io.default_dtype(model_config.dtype):
+                with torch_io.device_scope(device):
+                    model = _initialize_model(vllm_config, model_config, prefix)
+                if snapshot is None:
+                    checkpoint = self._checkpoint(model_config, draft)
+                    started = time.perf_counter()
+                    model.load_weights(torch_io.iter_checkpoint(checkpoint, device, **options))
+                    log.info("thaw: streamed checkpoint %s in %.3f s", checkpoint, time.perf_counter() - started)
+                    _process(model, model_config, device)
+                else:
+                    # Processing runs once, on the empty model, to build the processed
+                    # structure; the snapshot already holds processed values.
+                    _process(model, model_config, device)
+                    _refuse_unmaterialized(model, "the draft model" if draft else "the model")
+                    restore_snapshot(model, snapshot, vllm_config, model_config, options, device)
+            if self.extra.get("sleep_backend"):
+                from . import vllm_sleep
+                vllm_sleep.attach(model, snapshot, vllm_config, model_config, options, device, draft)
             return model.eval()
 
     return ThawModelLoader
 
 
 def register() -> None:
-    """The vllm.general_plugins entry point: runs once in every vLLM process."""
-    from vllm.model_executor import model_loader
-    registry = getattr(model_loader, "_LOAD_FORMAT_TO_MODEL_LOADER", {})
-    if FORMAT in registry and getattr(registry[FORMAT], "__name__", "") == "ThawModelLoader":
+    """The vllm.general_plugins entry point: runs once in every vLLM process. vLLM calls it
+    unguarded (vllm/plugins/__init__.py load_general_plugins), so a failure here is logged,
+    never raised: an engine that does not use load_format="thaw" must still start."""
+    try:
+        from vllm.model_executor import model_loader
+        registry = getattr(model_loader, "_LOAD_FORMAT_TO_MODEL_LOADER", {})
+        if not (FORMAT in registry and getattr(registry[FORMAT], "__name__", "") == "ThawModelLoader"):
+            model_loader.register_model_loader(FORMAT)(make_loader_class())
+    except Exception:
+        log.exception("thaw: registering load_format='thaw' failed; this process cannot load with it")
         return
-    model_loader.register_model_loader(FORMAT)(make_loader_class())
+    try:
+        from . import vllm_sleep
+        vllm_sleep.register_backend()
+    except Exception:
+        log.exception("thaw: registering the 'thaw' sleep-mode backend failed")
