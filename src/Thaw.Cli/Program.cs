@@ -1,79 +1,58 @@
-using System.Text;
+using System.CommandLine;
+using System.CommandLine.Invocation;
+using System.CommandLine.Parsing;
+using Thaw.Cli.Commands;
 using Thaw.Interop;
-using Thaw.Interop.Format;
-using Thaw.Interop.Native;
-using Thaw.Interop.Restore;
-using Thaw.Interop.Safetensors;
 
 namespace Thaw.Cli;
 
+/// <summary>Exit codes: 0 success, 1 failure (one `thaw: error: ...` line), 2 usage error.</summary>
 internal static class Program
 {
-    private const string Usage = """
-        usage: thaw <command> [options]
-
-        commands:
-          convert <checkpoint> <out.thaw>   convert a Hugging Face safetensors checkpoint (a directory
-                                            or one .safetensors file) into a snapshot; no GPU needed
-          info <snapshot> [--tensors]       tensors, dtypes, sizes and totals of a snapshot
-          verify <snapshot>                 check the header and every region's CRC32C
-          restore <snapshot>                restore into memory the engine allocates, and time it
-              --device mock|cuda            (default: cuda when a GPU is present, else mock)
-              --ordinal N                   GPU index (default 0)
-              --io auto|buffered|direct     (default auto: buffered when in page cache)
-              --verify                      check CRC32C while restoring
-              --check                       read the restored bytes back and compare their checksums
-              --repeat N                    restore N times and report each and the median
-              --pool SOCKET                 restore through a running pool (falls back to the file)
-          pool serve [--socket P] [--device mock|cuda] [--budget-mib N] [--allow-uids U,V] [--shm-dir D]
-                                            hold snapshots in pinned memory and serve restores
-          pool load|evict <snapshot> [--socket P]   pool list|status [--socket P]
-          generate <dir> [--size-mib N] [--shards N] [--seed N]
-                                            write a synthetic Llama-shaped safetensors checkpoint
-
-        engine options (convert, verify, restore):
-          --threads N  --chunk-mib N  --staging-mib N   (defaults: a thread a core up to 16, 8 MiB, 512 MiB)
-          --quiet                           no progress on stderr
-        """;
-
-    private static readonly HashSet<string> Switches = new(StringComparer.Ordinal) { "tensors", "verify", "check", "quiet", "help" };
-
     public static int Main(string[] args)
     {
-        if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+        RootCommand root = ThawRootCommand.Create();
+        if (args.Length == 0)
         {
-            Console.Out.Write(Usage);
-            return args.Length == 0 ? 2 : 0;
+            root.Parse(["--help"]).Invoke();
+            return 2;
         }
-        if (args[0] is "--version" or "version")
+        ParseResult parse = root.Parse(Aliases(args));
+        if (parse.Action is ParseErrorAction)
         {
-            Console.Out.WriteLine("thaw 0.1.0 (snapshot format v1)");
-            return 0;
+            // An unknown word is the more useful message than the missing subcommand it also causes.
+            ParseError error = parse.Errors.FirstOrDefault(e => parse.UnmatchedTokens.Count > 0 && e.Message.Contains($"'{parse.UnmatchedTokens[0]}'"))
+                ?? parse.Errors[0];
+            string message = error.Message.TrimEnd('.');
+            Console.Error.WriteLine($"thaw: error: {char.ToLowerInvariant(message[0])}{message[1..]} (see '{CommandPath(parse)} --help')");
+            return 2;
         }
         try
         {
-            var arguments = new Arguments(args.Skip(1), Switches);
-            return args[0] switch
-            {
-                "convert" => Commands.Convert(arguments),
-                "info" => Commands.Info(arguments),
-                "verify" => Commands.Verify(arguments),
-                "restore" => Commands.Restore(arguments),
-                "generate" => Commands.Generate(arguments),
-                "pool" => PoolCommands.Run(arguments),
-                _ => throw new UsageException($"unknown command '{args[0]}'"),
-            };
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (UsageException e)
-        {
-            Console.Error.WriteLine($"thaw: {e.Message}");
-            Console.Error.WriteLine("run 'thaw help' for usage");
-            return 2;
-        }
-        catch (Exception e) when (e is ThawException or IOException or UnauthorizedAccessException or ArgumentException or OperationCanceledException)
+        catch (Exception e) when (e is ThawException or IOException or UnauthorizedAccessException or ArgumentException
+                                      or InvalidOperationException or OperationCanceledException)
         {
             Console.Error.WriteLine($"thaw: error: {e.Message}");
             return 1;
         }
+    }
+
+    /// <summary>`thaw help [command...]` and `thaw version`, as before the move to System.CommandLine.</summary>
+    private static string[] Aliases(string[] args) => args[0] switch
+    {
+        "help" => [.. args[1..], "--help"],
+        "version" when args.Length == 1 => ["--version"],
+        _ => args,
+    };
+
+    private static string CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var c = parse.CommandResult; c is not null; c = c.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Add(c.Command is RootCommand ? "thaw" : c.Command.Name);
+        names.Reverse();
+        return string.Join(' ', names);
     }
 }

@@ -1,5 +1,6 @@
 """The Python pool client against a real `thaw pool serve` on the mock device, whose IPC
 handles are shared-memory files; and the fallback when no pool serves."""
+import json
 import logging
 import subprocess
 import time
@@ -79,3 +80,16 @@ def test_thaw_restore_through_the_pool_and_its_fallback(tmp_path, server):
     fallback = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", str(tmp_path / "none.sock")],
                               capture_output=True, text=True, check=True)
     assert "no pool on" in fallback.stderr and "restore:" in fallback.stdout
+
+
+def test_thaw_pool_status_json_for_scripts(tmp_path, server):
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"a": torch.randn(5000)}, snapshot)
+    subprocess.run([str(THAW), "pool", "load", str(snapshot), "--socket", str(server)], check=True, capture_output=True)
+    subprocess.run([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", str(server)], check=True, capture_output=True)
+    status = json.loads(subprocess.run([str(THAW), "pool", "status", "--json", "--socket", str(server)],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert status["socket"] == str(server) and status["budget_bytes"] == 64 << 20 and "ok" not in status
+    [held] = status["snapshots"]
+    assert held["snapshot"] == str(snapshot) and held["hits"] == 1 and held["bytes_served"] == 5000 * 4 <= held["bytes"]
+    assert status["used_bytes"] >= held["bytes"]

@@ -1,0 +1,60 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using Thaw.Cli.Options;
+using Thaw.Interop.Pool;
+using Thaw.Interop.Restore;
+
+namespace Thaw.Cli.Commands.Pool;
+
+internal sealed class PoolServeCommand : Command
+{
+    private readonly Option<string> _socket = PoolCommand.SocketOption();
+    private readonly Option<DeviceKind?> _device = Flags.Choice<DeviceKind>("--device", "device whose pinned memory holds the snapshots (default: cuda when a GPU is present, else mock)");
+    private readonly Option<long> _ordinal = Flags.Integer("--ordinal", "GPU index", 0, 0, 1024);
+    private readonly Option<long> _budgetMib = Flags.Integer("--budget-mib", "pinned memory the pool may hold", 32 << 10, 1, 1L << 30);
+    private readonly Option<string> _allowUids = Flags.Text("--allow-uids", "other users allowed to connect, comma-separated", "U,V");
+    private readonly Option<string> _shmDir = Flags.Text("--shm-dir", $"where mock clients make their shared files (default: {PoolProtocol.DefaultSharedMemoryDirectory()})", "DIR");
+
+    public PoolServeCommand() : base("serve", "hold snapshots in pinned memory and serve restores until SIGINT or SIGTERM")
+    {
+        Add(_socket);
+        Add(_device);
+        Add(_ordinal);
+        Add(_budgetMib);
+        Add(_allowUids);
+        Add(_shmDir);
+        _allowUids.Validators.Add(result =>
+        {
+            string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+            if (!text.Split(',', StringSplitOptions.RemoveEmptyEntries).All(u => uint.TryParse(u, out _)))
+                result.AddError($"--allow-uids must be comma-separated user ids, not '{text}'");
+        });
+        SetAction(Run);
+    }
+
+    private int Run(ParseResult parse)
+    {
+        string socket = PoolCommand.Socket(parse, _socket);
+        DeviceKind device = parse.GetValue(_device) ?? EngineFlags.GpuIfPresent();
+        int ordinal = (int)parse.GetValue(_ordinal);
+        long budget = parse.GetValue(_budgetMib) << 20;
+        string shmDir = System.IO.Path.GetFullPath(parse.GetValue(_shmDir) ?? PoolProtocol.DefaultSharedMemoryDirectory());
+        var uids = parse.GetValue(_allowUids)?.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToList();
+        using var engine = ThawEngine.Create(device, ordinal);
+        using var pool = new SnapshotPool(engine, budget);
+        using var server = new PoolServer(pool, socket, uids)
+        {
+            Log = line => Console.Error.WriteLine($"thaw pool: {line}"),
+            SharedMemoryDirectory = shmDir,
+        };
+        server.Start();
+        Console.Out.WriteLine($"thaw pool: serving on {socket} ({device.ToString().ToLowerInvariant()}:{ordinal}, budget {Units.Size(budget)}); Ctrl-C or SIGTERM stops");
+        // SIGINT and SIGTERM stop it cleanly: pinned memory released, socket file removed.
+        var stopped = new ManualResetEventSlim();
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stopped.Set(); });
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stopped.Set(); });
+        stopped.Wait();
+        Console.Out.WriteLine("thaw pool: stopped");
+        return 0;
+    }
+}

@@ -1,0 +1,115 @@
+using System.CommandLine;
+using Thaw.Cli.Options;
+using Thaw.Interop;
+using Thaw.Interop.Format;
+using Thaw.Interop.Native;
+using Thaw.Cli.Commands.Pool;
+using Thaw.Interop.Restore;
+
+namespace Thaw.Cli.Commands;
+
+internal sealed class RestoreCommand : Command
+{
+    private readonly Argument<string> _snapshot = Flags.Path("snapshot", "the snapshot file");
+    private readonly EngineFlags _engine = new(EngineFlags.GpuIfPresent, "where to restore (default: cuda when a GPU is present, else mock)");
+    private readonly Option<IoMode?> _io = Flags.Choice<IoMode>("--io", "how to read (default: auto, buffered when the file is mostly in page cache, O_DIRECT otherwise)");
+    private readonly Option<bool> _verify = Flags.Switch("--verify", "check CRC32C while restoring");
+    private readonly Option<bool> _check = Flags.Switch("--check", "read the restored bytes back and compare their checksums");
+    private readonly Option<long> _repeat = Flags.Integer("--repeat", "restore N times and report each and the median", 1, 1, 1000);
+    private readonly Option<string> _pool = Flags.Text("--pool", "restore through the pool serving on SOCKET (falls back to the file)", "SOCKET");
+    private readonly Option<bool> _quiet = Flags.Switch("--quiet", "no progress on stderr");
+
+    public RestoreCommand() : base("restore", "restore into memory the engine allocates, and time it")
+    {
+        Add(_snapshot);
+        _engine.AddTo(this);
+        Add(_io);
+        Add(_verify);
+        Add(_check);
+        Add(_repeat);
+        Add(_pool);
+        Add(_quiet);
+        SetAction(Run);
+    }
+
+    private int Run(ParseResult parse)
+    {
+        var options = new RestoreOptions { IoMode = parse.GetValue(_io) ?? IoMode.Auto, Verify = parse.GetValue(_verify) };
+        bool check = parse.GetValue(_check);
+        string? pool = parse.GetValue(_pool);
+        int repeat = (int)parse.GetValue(_repeat);
+        var progress = new ProgressReporter("restore", parse.GetValue(_quiet) || repeat > 1);
+        using ThawEngine engine = _engine.Create(parse);
+        Snapshot snapshot = SnapshotReader.Read(parse.GetRequiredValue(_snapshot));
+        if (pool is not null && RestoreThroughPool(engine, snapshot, pool, repeat, check))
+            return 0;
+
+        using var cancel = Interrupt.CancelOnCtrlC();
+        ulong arena = engine.Allocate(Math.Max(snapshot.DataLength, 1));
+        try
+        {
+            RestorePlan plan = RestorePlan.IntoArena(snapshot, arena);
+            var seconds = new List<double>();
+            for (int i = 0; i < repeat; i++)
+            {
+                RestoreResult r = engine.Restore(plan, options with { Progress = progress.Callback, CancellationToken = cancel.Token });
+                progress.Done();
+                seconds.Add(r.Seconds);
+                Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) to {Target(engine)} " +
+                    $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({r.IoModeUsed.ToString().ToLowerInvariant()} io, {r.Threads} threads{(options.Verify ? ", verified" : "")})");
+            }
+            PrintMedian(seconds, snapshot.TensorBytes, "");
+            if (check)
+                CheckArena(engine, snapshot, arena);
+        }
+        finally
+        {
+            engine.Free(arena);
+        }
+        return 0;
+    }
+
+    /// <summary>False when the pool could not serve every run (it said why): the caller restores from the file.</summary>
+    private static bool RestoreThroughPool(ThawEngine engine, Snapshot snapshot, string socket, int repeat, bool check)
+    {
+        var seconds = new List<double>();
+        for (int i = 0; i < repeat; i++)
+        {
+            RestoreResult? r = PoolRestore.Run(engine, snapshot, socket, check && i == repeat - 1);
+            if (r is null)
+                return false;
+            seconds.Add(r.Seconds);
+            Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) through the pool to {Target(engine)} " +
+                $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s");
+        }
+        PrintMedian(seconds, snapshot.TensorBytes, " through the pool");
+        return true;
+    }
+
+    private static string Target(ThawEngine engine) => $"{engine.Kind.ToString().ToLowerInvariant()}:{engine.Ordinal}";
+
+    private static void PrintMedian(List<double> seconds, long bytes, string how)
+    {
+        if (seconds.Count < 2)
+            return;
+        double median = seconds.Order().ElementAt(seconds.Count / 2);
+        Console.Out.WriteLine($"median: {median:F3} s = {bytes / median / 1e9:F2} GB/s over {seconds.Count} runs{how}");
+    }
+
+    /// <summary>Reads each restored region back to the host and compares its CRC32C with the snapshot's.</summary>
+    internal static void CheckArena(ThawEngine engine, Snapshot snapshot, ulong arena)
+    {
+        byte[] buffer = [];
+        foreach (TensorEntry t in snapshot.Tensors)
+        {
+            if (buffer.Length < t.Length)
+                buffer = new byte[t.Length];
+            Span<byte> region = buffer.AsSpan(0, (int)t.Length);
+            engine.CopyToHost(arena + (ulong)t.Offset, region);
+            uint crc = Crc32C.Compute(region);
+            if (crc != t.Crc32C)
+                throw new ThawChecksumException($"{snapshot.Path}: tensor '{t.Name}' differs after restore (CRC32C 0x{crc:x8}, expected 0x{t.Crc32C:x8})");
+        }
+        Console.Out.WriteLine($"check: all {snapshot.Tensors.Count} tensors are bit-identical to the snapshot");
+    }
+}
