@@ -12,5 +12,7 @@ cp build/publish/cli/thaw python/thaw_vllm/bin/thaw.new && mv -f python/thaw_vll
 rm -rf build/wheel-build dist
 PYTHON=${THAW_WHEEL_PYTHON:-/usr/bin/python3}
 $PYTHON -m pip wheel --no-deps --no-build-isolation --no-index -w dist . > build/wheel.log 2>&1 || { cat build/wheel.log; exit 1; }
-rm -rf build/lib build/bdist.* python/thaw_vllm.egg-info
+# The copies were staging for the wheel only: left in the source tree, they would shadow
+# build/publish for PYTHONPATH=python users and tests (python/thaw_vllm/_native.py looks in lib/ first).
+rm -rf build/lib build/bdist.* python/thaw_vllm.egg-info python/thaw_vllm/lib python/thaw_vllm/bin
 ls dist/*.whl

@@ -2,8 +2,10 @@
 # The main job on a generated model: build, generate a Llama-shaped safetensors
 # checkpoint (THAW_DEMO_MIB, default 1024), convert it, verify it, restore it
 # (on the GPU when there is one, else the mock device) and print the throughput.
+# Installs missing build tools first (scripts/setup.sh demo: cmake, make, gcc, libc6-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh demo
 scripts/build.sh
 thaw=build/publish/cli/thaw
 work=build/demo

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the core's C tests (plain and under ASan+UBSan), NUnit, pytest.
+# Installs what is missing first (scripts/setup.sh test: cmake, gcc, Debian's torch, pytest, numpy...).
 # Ends with one line "all: N passed, N failed, N skipped"; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ count() { # count PASSED FAILED SKIPPED
   passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); skipped=$((skipped + ${3:-0}))
 }
 
+scripts/setup.sh test || { echo "setup failed"; echo "all: 0 passed, 1 failed"; exit 1; }
 scripts/build.sh || { echo "build failed"; echo "all: 0 passed, 1 failed"; exit 1; }
 
 run_ctest() { # build-dir label
