@@ -16,6 +16,9 @@ def __getattr__(name):
     if name in ("load_state_dict", "restore_into", "freeze", "load_safetensors", "iter_checkpoint", "module_tensors"):
         from . import torch_io
         return getattr(torch_io, name)
+    if name in ("freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts"):
+        from . import artifacts
+        return getattr(artifacts, name)
     if name == "from_pretrained":
         from .hf import from_pretrained
         return from_pretrained
@@ -27,5 +30,6 @@ def __getattr__(name):
 
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
            "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
+           "freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts",
            "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

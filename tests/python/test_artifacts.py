@@ -204,3 +204,8 @@ def test_environment_describes_this_process():
 def test_companion_path_follows_the_weights_file():
     assert artifacts.companion_path("/s/weights.tp1.pp0.thaw") == "/s/weights.tp1.pp0.compile.thaw"
     assert artifacts.companion_path("/s/model") == "/s/model.compile.thaw"
+
+
+def test_the_package_exposes_the_compiled_state_helpers():
+    assert thaw_vllm.freeze_compiled is artifacts.freeze_compiled
+    assert thaw_vllm.restore_artifacts is artifacts.restore_artifacts
