@@ -65,6 +65,8 @@ EXTRA_KEYS = {
     "chunk_mib": ("staging chunk size in MiB", _count),
     "staging_mib": ("pinned staging memory in MiB", _count),
     "sleep_backend": ("use Thaw as vLLM's sleep-mode backend: sleep(2) then wake_up() restores the snapshot", _flag),
+    "compile_cache": ("write the torch.compile cache frozen beside the snapshot into VLLM_CACHE_ROOT before vLLM "
+                      "compiles (default true)", _flag),
 }
 
 
@@ -175,6 +177,17 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
     return stats
 
 
+def restore_compile_cache(vllm_config, snapshot) -> None:
+    """vLLM compiles at the first forward, after the loader returns (vllm_compile.py says
+    where): its cache files written back now are found, or a mismatch is one log line."""
+    from . import vllm_compile
+    ranks = parallel_ranks(vllm_config)
+    result = vllm_compile.restore_compile_cache(vllm_config, rank_file(snapshot, ranks))
+    if result["restored"]:
+        log.info("thaw: rank %s wrote %d torch.compile cache files (%d bytes) into %s", ranks.describe(),
+                 result["files"], result["bytes"], vllm_compile.cache_root())
+
+
 def draft_snapshot(extra):
     """The draft's snapshot: draft_snapshot, else <snapshot>/draft when freeze_vllm wrote one."""
     if extra.get("draft_snapshot"):
@@ -242,6 +255,8 @@ def make_loader_class():
                     _process(model, model_config, device)
                     _refuse_unmaterialized(model, "the draft model" if draft else "the model")
                     restore_snapshot(model, snapshot, vllm_config, model_config, options, device)
+                    if not draft and self.extra.get("compile_cache", True):
+                        restore_compile_cache(vllm_config, snapshot)
             if self.extra.get("sleep_backend"):
                 from . import vllm_sleep
                 vllm_sleep.attach(model, snapshot, vllm_config, model_config, options, device, draft)

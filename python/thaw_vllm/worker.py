@@ -3,7 +3,7 @@ worker gets, called by name with LLM.collective_rpc, so nothing needs pickling."
 import logging
 from pathlib import Path
 
-from . import torch_io, vllm_capture
+from . import torch_io, vllm_capture, vllm_compile
 from .vllm_config import fingerprint, parallel_ranks, rank_file, ranks_metadata
 
 log = logging.getLogger("thaw_vllm")
@@ -38,6 +38,10 @@ class ThawWorkerExtension:
         Returns the files written."""
         model, draft = self._thaw_models()
         written = [freeze_model(model, path, self.vllm_config, self.vllm_config.model_config)]
+        # The compiled state of the target model goes beside its weights (vllm_compile.py).
+        compiled = vllm_compile.freeze_compile_cache(self.vllm_config, written[0])
+        if compiled:
+            written.append(compiled)
         if draft is not None:
             spec = self.vllm_config.speculative_config
             written.append(freeze_model(draft, draft_path or str(Path(path) / "draft"), self.vllm_config,

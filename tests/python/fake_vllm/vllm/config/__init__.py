@@ -49,6 +49,10 @@ class ParallelConfig:
     prefill_context_parallel_size: int = 1
     enable_expert_parallel: bool = False
     enable_eplb: bool = False
+    # vllm/config/parallel.py: this worker's global rank and its data-parallel index, which
+    # vllm/compilation/backends.py VllmBackend.__call__ names its rank directory after
+    rank: int = 0
+    data_parallel_index: int = 0
 
 
 @dataclass
@@ -60,6 +64,10 @@ class DeviceConfig:
 class CompilationConfig:
     # vllm/config/compilation.py: layer name -> attention layer, filled by Attention.__init__
     static_forward_context: dict = field(default_factory=dict)
+    # vllm/config/compilation.py: set by VllmBackend.__call__ (vllm/compilation/backends.py)
+    # at the first compile: VLLM_CACHE_ROOT/torch_compile_cache/<hash>, and its rank_<r>_<dp> dir
+    cache_dir: str = ""
+    local_cache_dir: str = ""
 
 
 @dataclass
