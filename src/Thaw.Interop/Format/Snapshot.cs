@@ -22,12 +22,19 @@ public sealed class Snapshot
         TensorBytes = tensors.Sum(t => t.Length);
     }
 
+    /// <summary>The snapshot file.</summary>
     public string Path { get; }
+    /// <summary>The file's length in bytes.</summary>
     public long FileLength { get; }
+    /// <summary>Byte offset of the data section (aligned to <see cref="SnapshotFormat.Alignment"/>).</summary>
     public long DataOffset { get; }
+    /// <summary>Bytes of the data section, padding included.</summary>
     public long DataLength { get; }
+    /// <summary>The tensor-parallel rank whose shard of the weights this is.</summary>
     public int TpRank { get; }
+    /// <summary>The tensor-parallel world size the snapshot was frozen for.</summary>
     public int TpWorldSize { get; }
+    /// <summary>Free-form string metadata (model identity, vLLM configuration, source).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
     /// <summary>The regions in file order; a region's index here is its region number.</summary>
     public IReadOnlyList<TensorEntry> Tensors { get; }
@@ -46,7 +53,9 @@ public sealed class Snapshot
             file.Tensors.Select(t => new TensorEntry(t.Name, t.DType, t.Shape, t.FileOffset, t.Length, 0)).ToList())
         { HasChecksums = false };
 
+    /// <summary>The region index of tensor <paramref name="name"/>, or -1.</summary>
     public int IndexOf(string name) => _indexByName.TryGetValue(name, out int index) ? index : -1;
 
+    /// <summary>The absolute file offset of <paramref name="entry"/>'s bytes.</summary>
     public long FileOffsetOf(TensorEntry entry) => DataOffset + entry.Offset;
 }

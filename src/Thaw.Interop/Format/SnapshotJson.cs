@@ -7,6 +7,7 @@ namespace Thaw.Interop.Format;
 /// metadata from JSON. Only strings and numbers: nothing in it is executed.</summary>
 public static class SnapshotJson
 {
+    /// <summary>The header as one JSON object: path, format, sizes, parallel rank, metadata and every tensor (what <c>thaw info --json</c> prints).</summary>
     public static string Describe(Snapshot s)
     {
         using var buffer = new MemoryStream();

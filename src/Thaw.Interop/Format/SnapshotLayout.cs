@@ -21,16 +21,25 @@ public sealed class SnapshotLayout
         DataLength = dataLength;
     }
 
+    /// <summary>The tensors, in region order.</summary>
     public IReadOnlyList<TensorSpec> Tensors { get; }
     /// <summary>Region offsets from the start of the data section.</summary>
     public long[] Offsets { get; }
+    /// <summary>Region byte lengths.</summary>
     public long[] Lengths { get; }
+    /// <summary>The metadata to be written.</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
+    /// <summary>The tensor-parallel rank to be recorded.</summary>
     public int TpRank { get; }
+    /// <summary>The tensor-parallel world size to be recorded.</summary>
     public int TpWorldSize { get; }
+    /// <summary>Bytes of the encoded header.</summary>
     public long HeaderLength { get; }
+    /// <summary>Byte offset of the data section.</summary>
     public long DataOffset { get; }
+    /// <summary>Bytes of the data section, padding included.</summary>
     public long DataLength { get; }
+    /// <summary>The length of the file to be written.</summary>
     public long FileLength => DataOffset + DataLength;
 
     /// <exception cref="ArgumentException">A name or metadata key breaks <see cref="NameRules"/> or is repeated; a value is too long

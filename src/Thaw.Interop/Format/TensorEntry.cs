@@ -6,6 +6,7 @@ namespace Thaw.Interop.Format;
 /// <param name="Crc32C">CRC32C of the region's bytes.</param>
 public sealed record TensorEntry(string Name, DType DType, long[] Shape, long Offset, long Length, uint Crc32C)
 {
+    /// <summary>The shape as text, e.g. <c>[4096, 128]</c>.</summary>
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 }
 

@@ -37,6 +37,7 @@ public sealed class PoolClient : IDisposable
         return response;
     }
 
+    /// <summary>Closes the connection.</summary>
     public void Dispose()
     {
         _writer.Dispose();

@@ -6,8 +6,10 @@ namespace Thaw.Interop.Pool;
 /// <summary>The pool's wire format (docs/POOL.md): one JSON object per line each way.</summary>
 public static class PoolProtocol
 {
+    /// <summary>Longest request or response line.</summary>
     public const int MaxLineBytes = 64 << 20;
 
+    /// <summary>The per-user socket: <c>$THAW_POOL_SOCKET</c>, else <c>$XDG_RUNTIME_DIR/thaw-pool.sock</c>, else <c>/tmp/thaw-pool-USER.sock</c>.</summary>
     public static string DefaultSocketPath()
     {
         string? configured = Environment.GetEnvironmentVariable("THAW_POOL_SOCKET");
@@ -23,6 +25,7 @@ public static class PoolProtocol
     public static string DefaultSharedMemoryDirectory() =>
         Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath().TrimEnd('/');
 
+    /// <summary>The error response for <paramref name="e"/>: its kind and message.</summary>
     public static string Error(Exception e)
     {
         ThawErrorKind kind = e switch
@@ -40,6 +43,7 @@ public static class PoolProtocol
         });
     }
 
+    /// <summary>One JSON object, written by <paramref name="body"/> between the braces.</summary>
     public static string Write(Action<Utf8JsonWriter> body)
     {
         using var buffer = new MemoryStream();

@@ -28,13 +28,16 @@ public sealed class PoolServer : IDisposable
         _allowedUids = uids;
     }
 
+    /// <summary>The socket the server listens on.</summary>
     public string SocketPath { get; }
+    /// <summary>Receives one line per event (loads, evictions, refused peers).</summary>
     public Action<string>? Log { get; init; }
 
     /// <summary>Mock device only: the directory whose files a peer's handles may name
     /// (files the peer owns, no symbolic links); told to clients by ping.</summary>
     public string SharedMemoryDirectory { get; init; } = PoolProtocol.DefaultSharedMemoryDirectory();
 
+    /// <summary>Binds the socket and starts accepting clients.</summary>
     public void Start()
     {
         if (File.Exists(SocketPath))
@@ -218,6 +221,7 @@ public sealed class PoolServer : IDisposable
         }
     }
 
+    /// <summary>Stops accepting, closes every connection and removes the socket file.</summary>
     public void Dispose()
     {
         _stop.Cancel();

@@ -14,6 +14,7 @@ public sealed record PoolTarget(string Name, byte[] Handle, long Offset, long Ca
 /// handles must name files in: the pool opens only memory that peer owns.</summary>
 public sealed record PoolPeer(uint Uid, string SharedMemoryDirectory);
 
+/// <summary>A snapshot the pool holds: its path, bytes, tensors, and use since it was loaded.</summary>
 public sealed record PoolEntryInfo(string Path, long Bytes, int Tensors, long Hits, long BytesServed, DateTime LastUsed);
 
 /// <summary>Snapshots held once in pinned host memory, up to a budget, least recently
@@ -34,13 +35,16 @@ public sealed unsafe class SnapshotPool : IDisposable
     private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
 
+    /// <summary>A pool pinning at most <paramref name="budgetBytes"/> through <paramref name="device"/>'s engine.</summary>
     public SnapshotPool(ThawEngine device, long budgetBytes)
     {
         _device = device;
         BudgetBytes = budgetBytes;
     }
 
+    /// <summary>Most pinned bytes the pool holds.</summary>
     public long BudgetBytes { get; }
+    /// <summary>Pinned bytes held now.</summary>
     public long UsedBytes { get { lock (_lock) return _entries.Values.Sum(e => e.Snapshot.DataLength); } }
 
     private static string Key(string path) => Path.GetFullPath(path);
@@ -90,6 +94,7 @@ public sealed unsafe class SnapshotPool : IDisposable
         }
     }
 
+    /// <summary>Releases a snapshot unless a restore is using it; false when not held or in use.</summary>
     public bool Evict(string path)
     {
         lock (_lock)
@@ -101,6 +106,7 @@ public sealed unsafe class SnapshotPool : IDisposable
         }
     }
 
+    /// <summary>The snapshots held now.</summary>
     public IReadOnlyList<PoolEntryInfo> List()
     {
         lock (_lock)
@@ -190,6 +196,7 @@ public sealed unsafe class SnapshotPool : IDisposable
     private static PoolEntryInfo Info(string key, Entry e) =>
         new(key, e.Snapshot.DataLength, e.Snapshot.Tensors.Count, e.Hits, e.BytesServed, e.LastUsed);
 
+    /// <summary>Releases every snapshot's pinned memory.</summary>
     public void Dispose()
     {
         lock (_lock)

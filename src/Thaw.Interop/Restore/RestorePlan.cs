@@ -31,10 +31,13 @@ public sealed class RestorePlan
         Bytes = bytes;
     }
 
+    /// <summary>The snapshot this plan reads.</summary>
     public Snapshot Snapshot { get; }
     internal Extent[] Extents { get; }
     internal Segment[] Segments { get; }
+    /// <summary>Contiguous file ranges the plan reads.</summary>
     public int ExtentCount => Extents.Length;
+    /// <summary>Copies into destinations (merged where adjacent in file and memory).</summary>
     public int SegmentCount => Segments.Length;
     /// <summary>Tensor bytes this plan moves.</summary>
     public long Bytes { get; }

@@ -25,7 +25,9 @@ public sealed class ThawEngine : IDisposable
         ChunkBytes = chunkBytes > 0 ? chunkBytes : DefaultChunkBytes;
     }
 
+    /// <summary>The device this engine restores into.</summary>
     public DeviceKind Kind { get; }
+    /// <summary>The GPU index (0 on the mock device).</summary>
     public int Ordinal { get; }
     /// <summary>The size of the pieces the engine moves at a time.</summary>
     public long ChunkBytes { get; }
@@ -178,14 +180,17 @@ public sealed class ThawEngine : IDisposable
         return address;
     }
 
+    /// <summary>Frees memory from <see cref="Allocate"/>.</summary>
     public void Free(ulong address) => NativeErrors.Check(EngineDeviceFree(_handle, address));
 
+    /// <summary>Copies device memory at <paramref name="address"/> into <paramref name="destination"/>.</summary>
     public unsafe void CopyToHost(ulong address, Span<byte> destination)
     {
         fixed (byte* p = destination)
             NativeErrors.Check(EngineCopyToHost(_handle, p, address, (ulong)destination.Length));
     }
 
+    /// <summary>Free and total bytes of the device's memory.</summary>
     public (long Free, long Total) DeviceMemory()
     {
         NativeErrors.Check(EngineDeviceMemory(_handle, out ulong free, out ulong total));
@@ -195,6 +200,7 @@ public sealed class ThawEngine : IDisposable
     /// <summary>Pins host memory this process owns, for copies at the DMA engines' rate.</summary>
     public unsafe void PinHost(void* host, long length) => NativeErrors.Check(EnginePinHost(_handle, host, (ulong)length));
 
+    /// <summary>Unpins memory pinned with <see cref="PinHost"/>.</summary>
     public unsafe void UnpinHost(void* host) => NativeErrors.Check(EngineUnpinHost(_handle, host));
 
     /// <summary>Opens a peer's allocation, confined to memory that peer owns: CUDA, its 64-byte
@@ -213,6 +219,7 @@ public sealed class ThawEngine : IDisposable
         }
     }
 
+    /// <summary>Closes a mapping from <see cref="IpcOpen"/>.</summary>
     public void IpcClose(ulong address) => NativeErrors.Check(EngineIpcClose(_handle, address));
 
     /// <summary>The CUDA IPC handle of an allocation of this process (CUDA engines only).</summary>
@@ -229,6 +236,7 @@ public sealed class ThawEngine : IDisposable
             NativeErrors.Check(EngineCopyHostToDevice(_handle, p, (uint)copies.Length));
     }
 
+    /// <summary>Releases the engine's threads, streams and pinned staging memory.</summary>
     public void Dispose() => _handle.Dispose();
 
     [UnmanagedCallersOnly]

@@ -7,6 +7,7 @@ namespace Thaw.Interop.Safetensors;
 /// optional model.safetensors.index.json naming them), or a single .safetensors file.</summary>
 public sealed class HuggingFaceCheckpoint
 {
+    /// <summary>The index file that maps tensor names to shards.</summary>
     public const string IndexFileName = "model.safetensors.index.json";
 
     private HuggingFaceCheckpoint(string path, IReadOnlyList<SafetensorsFile> shards)
@@ -15,9 +16,13 @@ public sealed class HuggingFaceCheckpoint
         Shards = shards;
     }
 
+    /// <summary>The directory or file the checkpoint was opened from.</summary>
     public string Path { get; }
+    /// <summary>The shards, validated, in name order.</summary>
     public IReadOnlyList<SafetensorsFile> Shards { get; }
+    /// <summary>Bytes of tensor data in all shards.</summary>
     public long TensorBytes => Shards.Sum(s => s.Tensors.Sum(t => t.Length));
+    /// <summary>Tensors in all shards.</summary>
     public int TensorCount => Shards.Sum(s => s.Tensors.Count);
 
     /// <exception cref="FileNotFoundException">No such file or directory, or no shards in it.</exception>

@@ -23,10 +23,13 @@ public sealed class SafetensorsFile
         Metadata = metadata;
     }
 
+    /// <summary>The file this header was read from.</summary>
     public string Path { get; }
+    /// <summary>The file's length in bytes.</summary>
     public long FileLength { get; }
     /// <summary>Tensors in file order.</summary>
     public IReadOnlyList<SafetensorsTensor> Tensors { get; }
+    /// <summary>The header's <c>__metadata__</c> strings.</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <exception cref="ThawFormatException">The header is malformed or lies about offsets.</exception>
