@@ -99,8 +99,9 @@ def _declare(lib):
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
     lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
+    lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
     for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
-                 "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify"):
+                 "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
         getattr(lib, name).restype = c.c_int
 
 
@@ -197,3 +198,11 @@ def convert(checkpoint, output):
 def verify(path):
     lib = library()
     _check(lib, lib.thaw_verify(_path(path)))
+
+
+def crc32c(address: int, length: int, crc: int = 0) -> int:
+    """CRC32C of length bytes of host memory at address, continuing from crc: the engine's checksum."""
+    lib = library()
+    out = ctypes.c_uint32()
+    _check(lib, lib.thaw_crc32c(address, length, crc, ctypes.byref(out)))
+    return out.value

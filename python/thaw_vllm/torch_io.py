@@ -161,19 +161,10 @@ def _restore_call(path, items: list, safetensors: bool, engine_options: dict):
     return total_bytes, total_seconds
 
 
-def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **engine_options) -> dict:
-    """Restores a snapshot in place into the tensors of a module or a state dict.
-
-    Every destination must match the snapshot's dtype and shape; destinations that are not
-    contiguous are filled through contiguous staging copies.
-    With strict, the snapshot (its tensors and their recorded aliases) and the
-    destination must hold the same names. Returns {"bytes", "seconds", "gbps"}.
-    engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
-    pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
-    holds the snapshot, one log line says so and the file is read instead.
-    """
-    tensors = _tensors_of(module_or_state_dict)
-    header = info(path)
+def snapshot_targets(tensors: dict, path, header, strict: bool = True):
+    """Which destination tensors a snapshot fills: ({name: tensor} of its regions, {alias: original}).
+    With strict, the snapshot (its tensors and their recorded aliases) and the destination
+    must hold the same names."""
     regions = {t["name"] for t in header["tensors"]}
     aliases = json.loads(header["metadata"].get(ALIASES_KEY, "{}"))
     known = regions | set(aliases)
@@ -185,21 +176,42 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
                 f"{path}: snapshot and destination differ: missing from the snapshot {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''}, not in the destination {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''}")
-    wanted = {n: t for n, t in tensors.items() if n in regions}
+    return {n: t for n, t in tensors.items() if n in regions}, aliases
+
+
+def copy_untied_aliases(tensors: dict, aliases: dict) -> None:
+    """An alias whose destination is not tied to its original gets the original's bytes."""
+    for alias, original in aliases.items():
+        if alias in tensors and original in tensors and tensors[alias].data_ptr() != tensors[original].data_ptr():
+            tensors[alias].copy_(tensors[original])
+
+
+def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **engine_options) -> dict:
+    """Restores a snapshot in place into the tensors of a module or a state dict.
+
+    Every destination must match the snapshot's dtype and shape; destinations that are not
+    contiguous are filled through contiguous staging copies.
+    With strict, the snapshot (its tensors and their recorded aliases) and the
+    destination must hold the same names. Returns {"bytes", "seconds", "gbps", "source"},
+    source being "pool" or "file" (what served the bytes).
+    engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
+    pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
+    holds the snapshot, one log line says so and the file is read instead.
+    """
+    tensors = _tensors_of(module_or_state_dict)
+    wanted, aliases = snapshot_targets(tensors, path, info(path), strict)
     stats = None
     if pool:
         from .pool import PoolUnavailable, restore_tensors
         try:
-            stats = restore_tensors(wanted, path, None if pool is True else pool)
+            stats = dict(restore_tensors(wanted, path, None if pool is True else pool), source="pool")
         except PoolUnavailable as e:
             log.info("thaw: %s; restoring from the file", e)
     if stats is None:
-        stats = _restore(path, wanted, False, engine_options)
-    # An alias whose destination is not tied to its original gets the original's bytes.
-    for alias, original in aliases.items():
-        if alias in tensors and original in tensors and tensors[alias].data_ptr() != tensors[original].data_ptr():
-            tensors[alias].copy_(tensors[original])
-    log.info("thaw: restored %d bytes from %s in %.3f s (%.2f GB/s)", stats["bytes"], path, stats["seconds"], stats["gbps"])
+        stats = dict(_restore(path, wanted, False, engine_options), source="file")
+    copy_untied_aliases(tensors, aliases)
+    log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)",
+             stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"])
     return stats
 
 

@@ -167,6 +167,20 @@ public static unsafe class Exports
         return 0;
     });
 
+    /// <summary>Extends crc (0 to start) with the CRC32C of length bytes of host memory at data: the
+    /// checksum the snapshot records for each region, so other paths (multicast) can check the same.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_crc32c")]
+    public static int Crc32C(byte* data, long length, uint crc, uint* crcOut) => Guard(() =>
+    {
+        if (length < 0 || (data == null && length > 0) || crcOut == null)
+            throw new ArgumentException($"thaw_crc32c: invalid buffer (length {length})");
+        const int Piece = 1 << 30;
+        for (long done = 0; done < length; done += Piece)
+            crc = Thaw.Interop.Native.Crc32C.Append(crc, new ReadOnlySpan<byte>(data + done, (int)Math.Min(Piece, length - done)));
+        *crcOut = crc;
+        return 0;
+    });
+
     private static DType ParseDType(string name) =>
         DTypes.TryParse(name, out DType dtype) ? dtype : throw new ArgumentException($"unknown dtype '{name}'");
 
