@@ -209,3 +209,23 @@ def test_companion_path_follows_the_weights_file():
 def test_the_package_exposes_the_compiled_state_helpers():
     assert thaw_vllm.freeze_compiled is artifacts.freeze_compiled
     assert thaw_vllm.restore_artifacts is artifacts.restore_artifacts
+
+
+def test_thaw_info_lists_the_artifacts_and_their_environment_and_verify_checks_them(tmp_path):
+    import subprocess
+    from pathlib import Path
+    cli = Path(__file__).resolve().parents[2] / "build" / "publish" / "cli" / "thaw"
+    make_tree(tmp_path / "src", {"a/b": os.urandom(3000), "c": b"x"})
+    snap = tmp_path / "c.thaw"
+    artifacts.freeze_artifacts(snap, {"inductor": tmp_path / "src"}, blob=b"blob", env=ENV)
+    out = subprocess.run([str(cli), "info", str(snap)], capture_output=True, text=True, check=True).stdout
+    assert "files     inductor: 2 files" in out and "valid for torch = 2.11.0" in out and "blob      PyTorch" in out
+    assert subprocess.run([str(cli), "verify", str(snap)], capture_output=True).returncode == 0
+    region = thaw_vllm.info(snap)["tensors"][0]
+    with open(snap, "r+b") as f:
+        f.seek(thaw_vllm.info(snap)["data_offset"] + region["offset"])
+        first = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([first[0] ^ 1]))
+    bad = subprocess.run([str(cli), "verify", str(snap)], capture_output=True, text=True)
+    assert bad.returncode == 1 and str(snap) in bad.stderr and "corrupt" in bad.stderr

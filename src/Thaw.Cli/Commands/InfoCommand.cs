@@ -33,6 +33,8 @@ internal sealed class InfoCommand : Command
         o.WriteLine($"parallel  tensor-parallel rank {s.TpRank} of {s.TpWorldSize}");
         foreach (var group in s.Tensors.GroupBy(t => t.DType).OrderByDescending(g => g.Sum(t => t.Length)))
             o.WriteLine($"dtype     {group.Key,-8} {group.Count(),6} tensors  {Units.Size(group.Sum(t => t.Length))}");
+        if (ArtifactsSummary.IsArtifacts(s))
+            ArtifactsSummary.Write(s, o);
         foreach (var (key, value) in s.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             o.WriteLine($"metadata  {key} = {(value.Length > 120 ? value[..117] + "..." : value)}");
         if (parse.GetValue(_tensors))
