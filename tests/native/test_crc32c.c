@@ -16,6 +16,17 @@ int main(void)
         CHECK(thawcore_crc32c_combine(a, b, n - k) == whole);
         CHECK(thawcore_crc32c(a, data + k, n - k) == whole); /* incremental */
     }
+    /* Long buffers run three interleaved streams; pieces shorter than three stream
+     * blocks run one. Both must give the same CRC, at any start and length. */
+    size_t starts[] = { 0, 1, 5 }, lengths[] = { 3 * 8192, 3 * 8192 + 1, 3 * 8192 - 1, 100003, n - 5 };
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < sizeof lengths / sizeof lengths[0]; j++) {
+            uint32_t piecewise = 0;
+            for (size_t off = 0; off < lengths[j]; off += 1000)
+                piecewise = thawcore_crc32c(piecewise, data + starts[i] + off,
+                                            lengths[j] - off < 1000 ? lengths[j] - off : 1000);
+            CHECK(thawcore_crc32c(0, data + starts[i], lengths[j]) == piecewise);
+        }
     /* Unaligned starts take the byte-wise head path. */
     CHECK(thawcore_crc32c(0, data + 3, 1000) ==
           thawcore_crc32c(thawcore_crc32c(0, data + 3, 5), data + 8, 995));

@@ -9,6 +9,12 @@
 
 static uint32_t table[8][256];
 static uint32_t x2n_table[72]; /* x^(2^n) mod P; lengths up to 2^64 bytes need n < 67 */
+/* The crc32 instruction has a latency of 3 cycles and a throughput of 1: three
+ * independent streams over consecutive blocks run about 3x faster than one, and are
+ * joined by shifting a stream's CRC past the next block (a multiplication by the
+ * constant x^(8*STREAM_BLOCK) mod P, done by table: 4 lookups). */
+#define STREAM_BLOCK 8192
+static uint32_t shift_block[4][256];
 static int have_sse42;
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
@@ -27,6 +33,17 @@ static uint32_t multmodp(uint32_t a, uint32_t b)
     return p;
 }
 
+/* x^(8*length) mod P, from the x^(2^n) table (8 = 2^3). */
+static uint32_t x8nmodp(uint64_t length)
+{
+    uint32_t shift = 1u << 31; /* x^0 */
+    unsigned k = 3;
+    for (uint64_t n = length; n; n >>= 1, k++)
+        if (n & 1)
+            shift = multmodp(x2n_table[k], shift);
+    return shift;
+}
+
 static void build_tables(void)
 {
     for (uint32_t n = 0; n < 256; n++) {
@@ -43,6 +60,11 @@ static void build_tables(void)
     x2n_table[0] = p;
     for (int n = 1; n < 72; n++)
         x2n_table[n] = p = multmodp(p, p);
+
+    uint32_t shift = x8nmodp(STREAM_BLOCK);
+    for (int byte = 0; byte < 4; byte++)
+        for (uint32_t v = 0; v < 256; v++)
+            shift_block[byte][v] = multmodp(shift, v << (8 * byte));
 
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -72,6 +94,12 @@ static uint32_t crc_software(uint32_t crc, const unsigned char *p, size_t n)
     return crc;
 }
 
+static uint32_t shift_past_block(uint32_t crc)
+{
+    return shift_block[0][crc & 0xff] ^ shift_block[1][(crc >> 8) & 0xff] ^
+           shift_block[2][(crc >> 16) & 0xff] ^ shift_block[3][crc >> 24];
+}
+
 #if defined(__x86_64__)
 __attribute__((target("sse4.2")))
 static uint32_t crc_hardware(uint32_t crc, const unsigned char *p, size_t n)
@@ -80,6 +108,22 @@ static uint32_t crc_hardware(uint32_t crc, const unsigned char *p, size_t n)
     while (n && ((uintptr_t)p & 7)) {
         c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
         n--;
+    }
+    while (n >= 3 * STREAM_BLOCK) {
+        uint64_t b = 0, d = 0;
+        for (size_t i = 0; i < STREAM_BLOCK; i += 8) {
+            uint64_t w0, w1, w2;
+            memcpy(&w0, p + i, 8);
+            memcpy(&w1, p + STREAM_BLOCK + i, 8);
+            memcpy(&w2, p + 2 * STREAM_BLOCK + i, 8);
+            c = __builtin_ia32_crc32di(c, w0);
+            b = __builtin_ia32_crc32di(b, w1);
+            d = __builtin_ia32_crc32di(d, w2);
+        }
+        c = shift_past_block((uint32_t)c) ^ b;
+        c = shift_past_block((uint32_t)c) ^ d;
+        p += 3 * STREAM_BLOCK;
+        n -= 3 * STREAM_BLOCK;
     }
     while (n >= 8) {
         uint64_t word;
@@ -109,10 +153,5 @@ uint32_t thawcore_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length
 {
     pthread_once(&tables_once, build_tables);
     /* Appending length_b bytes multiplies crc_a by x^(8*length_b) mod P. */
-    uint32_t shift = 1u << 31; /* x^0 */
-    unsigned k = 3;            /* 8 = 2^3 */
-    for (uint64_t n = length_b; n; n >>= 1, k++)
-        if (n & 1)
-            shift = multmodp(x2n_table[k], shift);
-    return multmodp(shift, crc_a) ^ crc_b;
+    return multmodp(x8nmodp(length_b), crc_a) ^ crc_b;
 }
