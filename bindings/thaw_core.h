@@ -42,9 +42,13 @@ enum thawcore_device_kind {
 };
 
 enum thawcore_io_mode {
-    THAWCORE_IO_AUTO = 0,       /* buffered when the file is mostly in page cache, else direct */
+    THAWCORE_IO_AUTO = 0,       /* buffered, unless the file is uncached and larger than half the
+                                   available memory: then direct (docs/BENCHMARKS.md) */
     THAWCORE_IO_BUFFERED = 1,
-    THAWCORE_IO_DIRECT = 2      /* O_DIRECT; falls back to buffered where unsupported */
+    THAWCORE_IO_DIRECT = 2,     /* O_DIRECT; falls back to buffered where unsupported */
+    THAWCORE_IO_ZEROCOPY = 3    /* DMA straight from the page cache (the file mapped and registered
+                                   read-only, chunk by chunk); chunks not in page cache, or that the
+                                   driver will not register, are read buffered through staging */
 };
 
 typedef struct thawcore_engine thawcore_engine;
@@ -54,8 +58,8 @@ typedef struct thawcore_engine_options {
     int32_t device_kind;        /* enum thawcore_device_kind */
     int32_t device_ordinal;
     uint32_t io_threads;        /* reader threads; 0 = default (min(16, cores)) */
-    uint64_t chunk_bytes;       /* staging chunk; multiple of 4096; 0 = 8 MiB */
-    uint64_t staging_bytes;     /* pinned staging in total; 0 = 512 MiB */
+    uint64_t chunk_bytes;       /* staging chunk; multiple of 4096; 0 = 1 MiB */
+    uint64_t staging_bytes;     /* pinned staging in total, pinned as lanes first need it; 0 = 64 MiB */
 } thawcore_engine_options;
 
 /* A contiguous file range to read; offset and length are multiples of 4096. */
@@ -99,7 +103,7 @@ typedef struct thawcore_restore_stats {
     int32_t io_mode_used;           /* THAWCORE_IO_BUFFERED or THAWCORE_IO_DIRECT */
     uint32_t threads;
     uint32_t failed_region;         /* region of the first error, or UINT32_MAX */
-    uint32_t reserved;
+    uint32_t fallback_chunks;       /* ZEROCOPY: chunks read through staging instead */
 } thawcore_restore_stats;
 
 const char *thawcore_last_error(void);
@@ -190,7 +194,8 @@ enum thawcore_fault {
     THAWCORE_FAULT_EVENT = 4,           /* recording or waiting for a copy-completion event fails */
     THAWCORE_FAULT_PINNED_ALLOC = 5,    /* pinning staging memory fails */
     THAWCORE_FAULT_WRITE_ENOSPC = 6,    /* a write finds the disk full */
-    THAWCORE_FAULT_WRITE_EIO = 7        /* a write fails with EIO */
+    THAWCORE_FAULT_WRITE_EIO = 7,       /* a write fails with EIO */
+    THAWCORE_FAULT_REGISTER = 8         /* registering mapped file pages for DMA fails (zero-copy) */
 };
 int thawcore_fault_inject(int32_t kind, int64_t after);
 

@@ -75,7 +75,7 @@ internal static partial class Interop
             public int IoModeUsed;
             public uint Threads;
             public uint FailedRegion;
-            public uint Reserved;
+            public uint FallbackChunks;
         }
 
         [LibraryImport(Library, EntryPoint = "thawcore_last_error")]
@@ -157,7 +157,7 @@ internal static partial class Interop
         internal static unsafe partial int EngineCopyHostToDevice(EngineHandle engine, Copy* copies, uint count);
 
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
-            FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7;
+            FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8;
 
         [LibraryImport(Library, EntryPoint = "thawcore_fault_inject")]
         internal static partial int FaultInject(int kind, long after);

@@ -13,7 +13,7 @@ from .errors import ThawError, from_code
 
 DEVICE_MOCK = 0
 DEVICE_CUDA = 1
-IO_MODES = {"auto": 0, "buffered": 1, "direct": 2}
+IO_MODES = {"auto": 0, "buffered": 1, "direct": 2, "zerocopy": 3}
 
 
 class EngineRequest(ctypes.Structure):
@@ -153,10 +153,10 @@ def device_count(kind: int) -> int:
     return _check(lib, lib.thaw_device_count(kind))
 
 
-def make_request(kind, ordinal, io="auto", verify=False, threads=0, chunk_bytes=0, staging_bytes=0):
+def make_request(kind, ordinal, io="auto", verify=None, threads=0, chunk_bytes=0, staging_bytes=0):
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {sorted(IO_MODES)}, not {io!r}")
-    return EngineRequest(kind, ordinal, threads, IO_MODES[io], chunk_bytes, staging_bytes, int(bool(verify)), 0)
+    return EngineRequest(kind, ordinal, threads, IO_MODES[io], chunk_bytes, staging_bytes, -1 if verify is None else int(bool(verify)), 0)
 
 
 class _Tensors:

@@ -194,7 +194,8 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     With strict, the snapshot (its tensors and their recorded aliases) and the
     destination must hold the same names. Returns {"bytes", "seconds", "gbps", "source"},
     source being "pool" or "file" (what served the bytes).
-    engine_options: io ("auto"|"buffered"|"direct"), verify, threads, chunk_bytes, staging_bytes.
+    engine_options: io ("auto"|"buffered"|"direct"|"zerocopy"), verify (default: when the snapshot
+    records checksums; False skips them), threads, chunk_bytes, staging_bytes.
     pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
     holds the snapshot, one log line says so and the file is read instead.
     """

@@ -59,8 +59,8 @@ EXTRA_KEYS = {
     "checkpoint": ("Hugging Face safetensors checkpoint to stream instead (default: the model's own)", _path),
     "draft_snapshot": ("snapshot of the speculative-decoding draft model (default: <snapshot>/draft when present)", _path),
     "pool": ("a thaw pool socket to restore through (true: the default socket); falls back to the file", _pool),
-    "io": ("auto | buffered | direct", _choice("auto", "buffered", "direct")),
-    "verify": ("check every region's CRC32C while restoring", _flag),
+    "io": ("auto | buffered | direct | zerocopy", _choice("auto", "buffered", "direct", "zerocopy")),
+    "verify": ("check every region's CRC32C while restoring (default: on; false turns it off)", _flag),
     "threads": ("reader threads (0: one a core, up to 16)", _count),
     "chunk_mib": ("staging chunk size in MiB", _count),
     "staging_mib": ("pinned staging memory in MiB", _count),
@@ -84,7 +84,7 @@ def validate_extra_config(extra) -> dict:
 
 
 def engine_options(extra) -> dict:
-    return {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": bool(extra.get("verify", False)),
+    return {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": None if extra.get("verify") is None else bool(extra["verify"]),
             "threads": int(extra.get("threads", 0)), "chunk_bytes": int(extra.get("chunk_mib", 0)) << 20,
             "staging_bytes": int(extra.get("staging_mib", 0)) << 20}
 

@@ -121,7 +121,7 @@ public static unsafe class Exports
         RestoreResult r = engine.RestoreInto(snapshot, targets, new RestoreOptions
         {
             IoMode = (IoMode)request->IoMode,
-            Verify = request->Verify != 0,
+            Verify = request->Verify < 0 ? null : request->Verify != 0,
         });
         if (stats != null)
             *stats = new RestoreStatsOut { Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads };

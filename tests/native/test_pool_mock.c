@@ -32,6 +32,7 @@ static void expect_refused(thawcore_engine *e, const char *directory, const char
 
 int main(void)
 {
+    setenv("THAWCORE_COPY_PIECE_MIB", "1", 1); /* so the 3 MiB copy is cut into pieces over the lanes */
     size_t length = (3u << 20) + 12345;
     unsigned char *source = malloc(length);
     fill_random(source, length, 77);

@@ -30,6 +30,9 @@ typedef struct thaw_device_ops {
     int (*mem_info)(thaw_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);
     int (*pin_host)(thaw_device *dev, void *host, uint64_t length);
     int (*unpin_host)(thaw_device *dev, void *host);
+    /* Pins pages the device will only read (a mapping of a file in page cache); released
+     * with unpin_host. */
+    int (*pin_host_readonly)(thaw_device *dev, const void *host, uint64_t length);
     /* Opens a peer's allocation; *length_out bounds every copy into it (see thaw_core.h). */
     int (*ipc_open)(thaw_device *dev, const void *handle, uint32_t handle_length,
                     const struct thawcore_ipc_peer *peer, uint64_t *address_out, uint64_t *length_out);

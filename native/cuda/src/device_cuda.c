@@ -31,6 +31,7 @@ enum {
     CU_STREAM_NON_BLOCKING = 1,
     CU_EVENT_DISABLE_TIMING = 2,
     CU_MEMHOSTREGISTER_PORTABLE = 1,
+    CU_MEMHOSTREGISTER_READ_ONLY = 8,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
     CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
     CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
@@ -339,6 +340,14 @@ static int cuda_pin_host(thaw_device *dev, void *host, uint64_t length)
     return 0;
 }
 
+/* A file mapping can only be registered read-only (the flagless call fails on it). */
+static int cuda_pin_host_readonly(thaw_device *dev, const void *host, uint64_t length)
+{
+    (void)dev;
+    CU_CHECK(cu.cuMemHostRegister((void *)host, length, CU_MEMHOSTREGISTER_READ_ONLY), "cuMemHostRegister(READ_ONLY)");
+    return 0;
+}
+
 static int cuda_unpin_host(thaw_device *dev, void *host)
 {
     (void)dev;
@@ -425,6 +434,7 @@ static const thaw_device_ops cuda_ops = {
     .mem_info = cuda_mem_info,
     .pin_host = cuda_pin_host,
     .unpin_host = cuda_unpin_host,
+    .pin_host_readonly = cuda_pin_host_readonly,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,
     .ipc_handle = cuda_ipc_handle,

@@ -66,6 +66,11 @@ static int mock_mem_info(thaw_device *dev, uint64_t *free_bytes, uint64_t *total
 
 static int mock_pin_host(thaw_device *dev, void *host, uint64_t length) { (void)dev; (void)host; (void)length; return 0; }
 static int mock_unpin_host(thaw_device *dev, void *host) { (void)dev; (void)host; return 0; }
+static int mock_pin_host_readonly(thaw_device *dev, const void *host, uint64_t length)
+{
+    (void)dev; (void)host; (void)length;
+    return 0;
+}
 
 /* Mock IPC: a handle is the name of a shared-memory file in the pool's directory, as
  * /dev/shm files are, owned by the peer. The pool writes into it with pwrite, never through
@@ -274,6 +279,7 @@ static const thaw_device_ops mock_ops = {
     .mem_info = mock_mem_info,
     .pin_host = mock_pin_host,
     .unpin_host = mock_unpin_host,
+    .pin_host_readonly = mock_pin_host_readonly,
     .ipc_open = mock_ipc_open,
     .ipc_close = mock_ipc_close,
     .ipc_handle = mock_ipc_handle,

@@ -12,8 +12,10 @@ internal sealed class RestoreCommand : Command
 {
     private readonly Argument<string> _snapshot = Flags.Path("snapshot", "the snapshot file");
     private readonly EngineFlags _engine = new(EngineFlags.GpuIfPresent, "where to restore (default: cuda when a GPU is present, else mock)");
-    private readonly Option<IoMode?> _io = Flags.Choice<IoMode>("--io", "how to read (default: auto, buffered when the file is mostly in page cache, O_DIRECT otherwise)");
-    private readonly Option<bool> _verify = Flags.Switch("--verify", "check CRC32C while restoring");
+    private readonly Option<IoMode?> _io = Flags.Choice<IoMode>("--io", "how to read (default: auto, buffered so the page cache stays warm; " +
+        "O_DIRECT only for an uncached file larger than half the available memory; zerocopy: DMA from the page cache)");
+    private readonly Option<bool> _verify = Flags.Switch("--verify", "require the CRC32C check (fails on a file without checksums)");
+    private readonly Option<bool> _noVerify = Flags.Switch("--no-verify", "skip the CRC32C check of every region (on by default when the snapshot records checksums)");
     private readonly Option<bool> _check = Flags.Switch("--check", "read the restored bytes back and compare their checksums");
     private readonly Option<long> _repeat = Flags.Integer("--repeat", "restore N times and report each and the median", 1, 1, 1000);
     private readonly Option<string> _pool = Flags.Text("--pool", "restore through the pool serving on SOCKET (falls back to the file)", "SOCKET");
@@ -25,6 +27,7 @@ internal sealed class RestoreCommand : Command
         _engine.AddTo(this);
         Add(_io);
         Add(_verify);
+        Add(_noVerify);
         Add(_check);
         Add(_repeat);
         Add(_pool);
@@ -34,7 +37,7 @@ internal sealed class RestoreCommand : Command
 
     private int Run(ParseResult parse)
     {
-        var options = new RestoreOptions { IoMode = parse.GetValue(_io) ?? IoMode.Auto, Verify = parse.GetValue(_verify) };
+        var options = new RestoreOptions { IoMode = parse.GetValue(_io) ?? IoMode.Auto, Verify = parse.GetValue(_noVerify) ? false : parse.GetValue(_verify) ? true : null };
         bool check = parse.GetValue(_check);
         string? pool = parse.GetValue(_pool);
         int repeat = (int)parse.GetValue(_repeat);
@@ -56,7 +59,7 @@ internal sealed class RestoreCommand : Command
                 progress.Done();
                 seconds.Add(r.Seconds);
                 Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) to {Target(engine)} " +
-                    $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({r.IoModeUsed.ToString().ToLowerInvariant()} io, {r.Threads} threads{(options.Verify ? ", verified" : "")})");
+                    $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({r.IoModeUsed.ToString().ToLowerInvariant()} io, {r.Threads} threads{(r.Verified ? ", verified" : "")}{(r.FallbackChunks > 0 ? $", {r.FallbackChunks} chunks staged" : "")})");
             }
             PrintMedian(seconds, snapshot.TensorBytes, "");
             if (check)

@@ -10,8 +10,8 @@ internal sealed class EngineFlags
     private readonly Func<DeviceKind> _defaultDevice;
     private readonly Option<long> _ordinal = Flags.Integer("--ordinal", "GPU index", 0, 0, 1024);
     private readonly Option<long> _threads = Flags.Integer("--threads", "reader threads (0: a thread a core, up to 16)", 0, 0, 64);
-    private readonly Option<long> _chunkMib = Flags.Integer("--chunk-mib", "read size per request (0: 8 MiB)", 0, 0, 4096);
-    private readonly Option<long> _stagingMib = Flags.Integer("--staging-mib", "pinned staging memory (0: 512 MiB)", 0, 0, 1 << 20);
+    private readonly Option<long> _chunkMib = Flags.Integer("--chunk-mib", "read size per request (0: 1 MiB)", 0, 0, 4096);
+    private readonly Option<long> _stagingMib = Flags.Integer("--staging-mib", "pinned staging memory, pinned as first needed (0: 64 MiB)", 0, 0, 1 << 20);
 
     public EngineFlags(Func<DeviceKind> defaultDevice, string deviceDescription)
     {

@@ -56,20 +56,21 @@ public sealed class ThawEngine : IDisposable
     }
 
     /// <summary>Runs a plan: reads the snapshot and copies every segment to its address.</summary>
-    /// <exception cref="ThawChecksumException">With <see cref="RestoreOptions.Verify"/>, a region is corrupt.</exception>
+    /// <exception cref="ThawChecksumException">Verifying (<see cref="RestoreOptions.Verify"/>), a region is corrupt.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
     public unsafe RestoreResult Restore(RestorePlan plan, RestoreOptions? options = null)
     {
         options ??= new RestoreOptions();
-        if (options.Verify && !plan.Snapshot.HasChecksums)
+        if (options.Verify == true && !plan.Snapshot.HasChecksums)
             throw new ArgumentException($"{plan.Snapshot.Path} records no checksums to verify (a safetensors file)");
-        if (options.Verify)
+        bool verify = options.Verify ?? plan.Snapshot.HasChecksums;
+        if (verify)
             plan = plan.Unmerged();
         Snapshot snapshot = plan.Snapshot;
         options.CancellationToken.ThrowIfCancellationRequested();
         int regionCount = snapshot.Tensors.Count;
-        uint[] crcs = options.Verify ? snapshot.Tensors.Select(t => t.Crc32C).ToArray() : [];
-        ulong[] lengths = options.Verify ? snapshot.Tensors.Select(t => (ulong)t.Length).ToArray() : [];
+        uint[] crcs = verify ? snapshot.Tensors.Select(t => t.Crc32C).ToArray() : [];
+        ulong[] lengths = verify ? snapshot.Tensors.Select(t => (ulong)t.Length).ToArray() : [];
         int* cancel = (int*)NativeMemory.AllocZeroed(sizeof(int));
         GCHandle progress = options.Progress is null ? default : GCHandle.Alloc(options.Progress);
         try
@@ -84,8 +85,8 @@ public sealed class ThawEngine : IDisposable
                 {
                     StructSize = (uint)sizeof(Core.RestoreOptions),
                     IoMode = (int)options.IoMode,
-                    RegionCrc32C = options.Verify ? crcPointer : null,
-                    RegionLength = options.Verify ? lengthPointer : null,
+                    RegionCrc32C = verify ? crcPointer : null,
+                    RegionLength = verify ? lengthPointer : null,
                     RegionCount = (uint)regionCount,
                     Cancel = cancel,
                     Progress = options.Progress is null ? null : &OnProgress,
@@ -97,7 +98,7 @@ public sealed class ThawEngine : IDisposable
                 if (rc < 0)
                     throw NativeErrors.FromCode(rc, NativeErrors.LastMessage());
                 return new RestoreResult((long)stats.BytesCopied, (long)stats.BytesRead, stats.Seconds,
-                    (IoMode)stats.IoModeUsed, (int)stats.Threads);
+                    (IoMode)stats.IoModeUsed, (int)stats.Threads) { FallbackChunks = (int)stats.FallbackChunks, Verified = verify };
             }
         }
         finally

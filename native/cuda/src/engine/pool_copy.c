@@ -1,5 +1,5 @@
 /* The pool's copy lanes: host memory pinned once (thaw pool) to device addresses, cut
- * into chunk-sized pieces spread over the engine's lane streams. */
+ * into pieces spread over the engine's lane streams. */
 #define _GNU_SOURCE
 #include "thaw_core.h"
 #include "engine/engine.h"
@@ -8,12 +8,25 @@
 #include <errno.h>
 #include <stdlib.h>
 
+/* Pinned memory needs no staging, so pieces are large: the H200's ceiling through these
+ * lanes is 48.9 GB/s in 2 MiB pieces, 53.5 in 8 MiB, 54.2 in 64 MiB (docs/BENCHMARKS.md).
+ * THAWCORE_COPY_PIECE_MIB overrides it, for those measurements. */
+#define DEFAULT_COPY_PIECE (64ull << 20)
+
+static uint64_t copy_piece(void)
+{
+    const char *mib = getenv("THAWCORE_COPY_PIECE_MIB");
+    uint64_t size = mib ? strtoull(mib, NULL, 10) << 20 : DEFAULT_COPY_PIECE;
+    return size >= 4096 && size <= (1ull << 34) ? size : DEFAULT_COPY_PIECE;
+}
+
 typedef struct {
     thawcore_engine *engine;
     const thawcore_copy *copies;
     uint32_t count;
     atomic_ullong next_piece; /* pieces of all copies, numbered in order */
     uint64_t *piece_start;    /* first piece number of each copy, count + 1 entries */
+    uint64_t piece;
     first_failure failure;
 } copy_job;
 
@@ -37,8 +50,8 @@ static void *copy_lane_main(void *arg)
         while (job->piece_start[copy] > piece)
             copy--;
         const thawcore_copy *c = &job->copies[copy];
-        uint64_t offset = (piece - job->piece_start[copy]) * e->chunk;
-        uint64_t n = c->length - offset < e->chunk ? c->length - offset : e->chunk;
+        uint64_t offset = (piece - job->piece_start[copy]) * job->piece;
+        uint64_t n = c->length - offset < job->piece ? c->length - offset : job->piece;
         rc = e->dev.ops->copy_h2d_async(&e->dev, c->device_address + offset,
                                         (const void *)(uintptr_t)(c->host_address + offset), (size_t)n, l->stream);
         if (rc)
@@ -63,11 +76,12 @@ int thawcore_engine_copy_host_to_device(thawcore_engine *e, const thawcore_copy 
     uint64_t *piece_start = malloc(((size_t)count + 1) * sizeof(uint64_t));
     if (!piece_start)
         return thaw_fail(-ENOMEM, "out of host memory");
+    uint64_t size = copy_piece();
     piece_start[0] = 0;
     for (uint32_t i = 0; i < count; i++)
-        piece_start[i + 1] = piece_start[i] + (copies[i].length + e->chunk - 1) / e->chunk;
+        piece_start[i + 1] = piece_start[i] + (copies[i].length + size - 1) / size;
     pthread_mutex_lock(&e->lock);
-    copy_job job = { .engine = e, .copies = copies, .count = count, .piece_start = piece_start };
+    copy_job job = { .engine = e, .copies = copies, .count = count, .piece_start = piece_start, .piece = size };
     thaw_first_failure_init(&job.failure);
     uint64_t pieces = piece_start[count];
     uint32_t lanes = pieces < e->lane_count ? (uint32_t)pieces : e->lane_count;

@@ -1,13 +1,14 @@
 /* The restore pipeline.
  *
- * The extents are cut into staging-sized chunks; each reader thread ("lane") owns a
- * stream and a few staging slots, claims the next chunk, reads it into a free slot,
- * and queues the device copies of the segments it covers on its stream. A slot is
- * reused only after the event recorded behind its copies has completed, so reads,
- * staging and DMA overlap across lanes and slots. */
+ * The extents are cut into chunks; each reader thread ("lane") owns a stream and a few
+ * staging slots, claims the next chunk, reads it into a free slot, and queues the device
+ * copies of the segments it covers on its stream. A slot is reused only after the event
+ * recorded behind its copies has completed, so reads, staging and DMA overlap across
+ * lanes and slots. Zero-copy restores (zero_copy.c) DMA chunks from a mapping of the
+ * page cache instead, and come back here for the chunks they cannot. */
 #define _GNU_SOURCE
 #include "thaw_core.h"
-#include "engine/engine.h"
+#include "engine/restore_job.h"
 #include "error.h"
 #include "fault.h"
 #include "file_io.h"
@@ -16,39 +17,23 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-typedef struct { uint32_t extent; uint64_t file_offset; uint64_t length; } chunk_job;
-typedef struct { uint32_t region; uint32_t crc; uint64_t offset; uint64_t length; } crc_piece;
-
-typedef struct {
-    thawcore_engine *engine;
-    const char *path;
-    int fd;
-    const thawcore_extent *extents;
-    const thawcore_segment *segments;
-    chunk_job *chunks;
-    uint32_t chunk_count;
-    const thawcore_restore_options *options;
-    int verify;
-    crc_piece *pieces;
-    uint32_t piece_capacity;
-
-    atomic_uint next_chunk;
-    atomic_uint piece_count;
-    atomic_ullong bytes_read;
-    atomic_ullong bytes_copied;
-    atomic_llong last_progress_ms;
-    uint64_t bytes_total;
-
-    first_failure failure;
-} restore_job;
+/* Zero-copy chunks: large, because each costs a registration and an unregistration. */
+#define DEFAULT_ZERO_COPY_CHUNK (64ull << 20)
+/* Buffered reads of a file not in page cache ask the kernel (POSIX_FADV_WILLNEED) for the
+ * bytes this far ahead of the chunk a lane claims: the disk then has work queued while
+ * the lanes copy. Cold 8 GB on the H200: 1.75 GB/s against 1.43 without, 1.62 O_DIRECT. */
+#define READ_AHEAD_BYTES (128ull << 20)
 
 typedef struct { restore_job *job; uint32_t lane; } lane_arg;
 
-static void record_failure(restore_job *job, int code, uint32_t region)
+int thaw_restore_failed(restore_job *job, int code, uint32_t region)
 {
     thaw_first_failure_record(&job->failure, code, region);
+    return code;
 }
 
 static void report_progress(restore_job *job, uint64_t done)
@@ -56,6 +41,12 @@ static void report_progress(restore_job *job, uint64_t done)
     const thawcore_restore_options *o = job->options;
     if (o)
         thaw_throttled_progress(&job->last_progress_ms, o->progress, o->progress_user, done, job->bytes_total);
+}
+
+void thaw_restore_count_copied(restore_job *job, uint64_t copied)
+{
+    uint64_t done = atomic_fetch_add(&job->bytes_copied, copied) + copied;
+    report_progress(job, job->verify && !copied ? atomic_load(&job->bytes_read) : done);
 }
 
 /* First segment of the extent that ends after offset. */
@@ -72,76 +63,96 @@ static uint32_t first_segment_after(const thawcore_extent *x, const thawcore_seg
     return lo;
 }
 
-static int process_chunk(restore_job *job, lane *l, uint32_t slot, const chunk_job *c)
+static uint32_t first_region_of(restore_job *job, const chunk_job *c)
 {
-    thawcore_engine *e = job->engine;
-    unsigned char *buffer = l->slots[slot];
     const thawcore_extent *x = &job->extents[c->extent];
     uint32_t first = first_segment_after(x, job->segments, c->file_offset);
-    uint32_t first_region = first < x->first_segment + x->segment_count ? job->segments[first].region : UINT32_MAX;
+    return first < x->first_segment + x->segment_count ? job->segments[first].region : UINT32_MAX;
+}
 
-    ssize_t got = thaw_fault_hit(THAWCORE_FAULT_READ_EIO) ? -EIO
-                  : thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
-    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
-        got = 0; /* the file ends where this chunk starts */
-    if (got < 0) {
-        int code = thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
-                             (unsigned long long)c->file_offset, first_region, strerror((int)-got));
-        record_failure(job, code, first_region);
-        return code;
-    }
-    atomic_fetch_add(&job->bytes_read, (uint64_t)got);
+int thaw_restore_queue_chunk(restore_job *job, lane *l, const chunk_job *c, const unsigned char *src_base,
+                             uint64_t valid_end, uint64_t *copied)
+{
+    thawcore_engine *e = job->engine;
+    const thawcore_extent *x = &job->extents[c->extent];
     uint64_t chunk_end = c->file_offset + c->length;
-    uint64_t valid_end = c->file_offset + (uint64_t)got;
-    uint64_t copied = 0;
-    for (uint32_t s = first; s < x->first_segment + x->segment_count; s++) {
+    for (uint32_t s = first_segment_after(x, job->segments, c->file_offset); s < x->first_segment + x->segment_count; s++) {
         const thawcore_segment *seg = &job->segments[s];
         if (seg->file_offset >= chunk_end)
             break;
         uint64_t start = seg->file_offset > c->file_offset ? seg->file_offset : c->file_offset;
         uint64_t seg_end = seg->file_offset + seg->length;
         uint64_t end = seg_end < chunk_end ? seg_end : chunk_end;
-        if (end > valid_end) {
-            int code = thaw_fail(THAWCORE_ERR_SHORT_READ,
+        if (end > valid_end)
+            return thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_SHORT_READ,
                                  "%s is truncated: region %u needs bytes up to offset %llu, the file ends before %llu",
-                                 job->path, seg->region, (unsigned long long)end, (unsigned long long)valid_end);
-            record_failure(job, code, seg->region);
-            return code;
-        }
-        const unsigned char *src = buffer + (start - c->file_offset);
+                                 job->path, seg->region, (unsigned long long)end, (unsigned long long)valid_end), seg->region);
+        const unsigned char *src = src_base + (start - c->file_offset);
         if (seg->device_address) {
             uint64_t dst = seg->device_address + (start - seg->file_offset);
             int rc = thaw_fault_hit(THAWCORE_FAULT_COPY)
                          ? thaw_fail(THAWCORE_ERR_CUDA, "cuMemcpyHtoDAsync failed (injected fault)")
                          : e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
-            if (rc) {
-                int code = thaw_fail_context(rc, "copying region %u of %s to the device", seg->region, job->path);
-                record_failure(job, code, seg->region);
-                return code;
-            }
-            copied += end - start;
+            if (rc)
+                return thaw_restore_failed(job, thaw_fail_context(rc, "copying region %u of %s to the device", seg->region,
+                                                                  job->path), seg->region);
+            *copied += end - start;
         }
+        /* The CRC runs on the CPU while the DMA just queued reads the same bytes. */
         if (job->verify) {
             uint32_t index = atomic_fetch_add(&job->piece_count, 1);
-            if (index >= job->piece_capacity) {
-                int code = thaw_fail(THAWCORE_ERR_INVALID_PLAN, "internal: checksum piece table overflow");
-                record_failure(job, code, seg->region);
-                return code;
-            }
+            if (index >= job->piece_capacity)
+                return thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_INVALID_PLAN, "internal: checksum piece table overflow"),
+                                           seg->region);
             job->pieces[index] = (crc_piece){ seg->region, thawcore_crc32c(0, src, (size_t)(end - start)),
                                               start - seg->file_offset, end - start };
         }
     }
-    int rc = thaw_fault_hit(THAWCORE_FAULT_EVENT) ? thaw_fail(THAWCORE_ERR_CUDA, "cuEventRecord failed (injected fault)")
-                                                  : e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
-    if (rc) {
-        int code = thaw_fail_context(rc, "recording the copies of region %u of %s", first_region, job->path);
-        record_failure(job, code, first_region);
-        return code;
+    return 0;
+}
+
+/* Reads c into buffer; returns the bytes read (fewer at the end of the file) or -errno. */
+static ssize_t read_chunk(restore_job *job, unsigned char *buffer, const chunk_job *c)
+{
+    /* pread, not a memcpy from a mapping: 37.5 against 30.0 GB/s warm on the H200. */
+    if (thaw_fault_hit(THAWCORE_FAULT_READ_EIO))
+        return -EIO;
+    return thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
+}
+
+int thaw_restore_staged_chunk(restore_job *job, lane *l, uint32_t *turn, const chunk_job *c)
+{
+    thawcore_engine *e = job->engine;
+    uint32_t slot = (*turn)++ % e->slots_per_lane;
+    uint32_t first_region = first_region_of(job, c);
+    int rc;
+    if (l->pending[slot]) {
+        l->pending[slot] = 0;
+        if ((rc = e->dev.ops->event_wait(&e->dev, l->events[slot])))
+            return thaw_restore_failed(job, thaw_fail_context(rc, "waiting for copies from %s", job->path), UINT32_MAX);
     }
+    unsigned char *buffer;
+    if ((rc = thaw_lane_slot(e, l, slot, &buffer)))
+        return thaw_restore_failed(job, rc, UINT32_MAX);
+
+    ssize_t got = read_chunk(job, buffer, c);
+    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
+        got = 0; /* the file ends where this chunk starts */
+    if (got < 0)
+        return thaw_restore_failed(job, thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
+                                                  (unsigned long long)c->file_offset, first_region, strerror((int)-got)),
+                                   first_region);
+    atomic_fetch_add(&job->bytes_read, (uint64_t)got);
+    uint64_t copied = 0;
+    if ((rc = thaw_restore_queue_chunk(job, l, c, buffer, c->file_offset + (uint64_t)got, &copied)))
+        return rc;
+    rc = thaw_fault_hit(THAWCORE_FAULT_EVENT) ? thaw_fail(THAWCORE_ERR_CUDA, "cuEventRecord failed (injected fault)")
+                                              : e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
+    if (rc)
+        return thaw_restore_failed(job, thaw_fail_context(rc, "recording the copies of region %u of %s", first_region,
+                                                          job->path), first_region);
     l->pending[slot] = 1;
-    uint64_t done = atomic_fetch_add(&job->bytes_copied, copied) + copied;
-    report_progress(job, job->verify && !copied ? atomic_load(&job->bytes_read) : done);
+    thaw_restore_count_copied(job, copied);
     return 0;
 }
 
@@ -153,34 +164,32 @@ static void *lane_main(void *arg)
     lane *l = &e->lanes[a->lane];
     int rc = e->dev.ops->bind_thread(&e->dev);
     if (rc) {
-        record_failure(job, rc, UINT32_MAX);
+        thaw_restore_failed(job, rc, UINT32_MAX);
         return NULL;
     }
-    uint32_t turn = 0;
+    uint32_t turn = 0, zero_copy_turn = 0;
     while (!atomic_load(&job->failure.failed)) {
         if (job->options && job->options->cancel && *job->options->cancel) {
-            record_failure(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
+            thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
             break;
         }
         uint32_t index = atomic_fetch_add(&job->next_chunk, 1);
         if (index >= job->chunk_count)
             break;
-        uint32_t slot = turn++ % e->slots_per_lane;
-        if (l->pending[slot]) {
-            l->pending[slot] = 0;
-            if ((rc = e->dev.ops->event_wait(&e->dev, l->events[slot]))) {
-                record_failure(job, thaw_fail_context(rc, "waiting for copies from %s", job->path), UINT32_MAX);
-                break;
-            }
+        if (job->read_ahead && index + job->read_ahead < job->chunk_count) {
+            const chunk_job *next = &job->chunks[index + job->read_ahead];
+            posix_fadvise(job->fd, (off_t)next->file_offset, (off_t)next->length, POSIX_FADV_WILLNEED);
         }
-        if (process_chunk(job, l, slot, &job->chunks[index]))
+        if (job->zero_copy ? thaw_zero_copy_chunk(job, l, &zero_copy_turn, &turn, &job->chunks[index])
+                           : thaw_restore_staged_chunk(job, l, &turn, &job->chunks[index]))
             break;
     }
     /* Never leave a copy in flight: the staging slots are reused by the next restore. */
     rc = e->dev.ops->stream_wait(&e->dev, l->stream);
     memset(l->pending, 0, e->slots_per_lane);
+    thaw_zero_copy_release(job, l);
     if (rc)
-        record_failure(job, rc, UINT32_MAX);
+        thaw_restore_failed(job, rc, UINT32_MAX);
     return NULL;
 }
 
@@ -256,6 +265,29 @@ static int check_checksums(restore_job *job)
     return 0;
 }
 
+/* Read ahead when less than 90% of the file is cached; THAWCORE_READ_AHEAD=0|1 overrides
+ * (for measurements). */
+static int read_ahead_wanted(double resident)
+{
+    const char *value = getenv("THAWCORE_READ_AHEAD");
+    if (value && (strcmp(value, "0") == 0 || strcmp(value, "1") == 0))
+        return value[0] == '1';
+    return resident < 0.9;
+}
+
+/* The engine's chunk size, or the zero-copy one (THAWCORE_ZERO_COPY_CHUNK_MIB for
+ * measurements), a multiple of it. */
+static uint64_t job_chunk_size(thawcore_engine *e, int zero_copy)
+{
+    if (!zero_copy)
+        return e->chunk;
+    const char *mib = getenv("THAWCORE_ZERO_COPY_CHUNK_MIB");
+    uint64_t size = mib ? strtoull(mib, NULL, 10) << 20 : DEFAULT_ZERO_COPY_CHUNK;
+    if (size < e->chunk || size > (1ull << 34))
+        size = DEFAULT_ZERO_COPY_CHUNK > e->chunk ? DEFAULT_ZERO_COPY_CHUNK : e->chunk;
+    return size - size % e->chunk;
+}
+
 int thawcore_engine_restore(thawcore_engine *e, const char *path,
                             const thawcore_extent *extents, uint32_t extent_count,
                             const thawcore_segment *segments, uint32_t segment_count,
@@ -266,6 +298,9 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
         return thaw_fail(-EINVAL, "thawcore_engine_restore: missing argument");
     if (options && options->struct_size < sizeof(thawcore_restore_options))
         return thaw_fail(-EINVAL, "thawcore_engine_restore: options from a newer ABI");
+    int mode = options ? options->io_mode : THAWCORE_IO_AUTO;
+    if (mode < THAWCORE_IO_AUTO || mode > THAWCORE_IO_ZEROCOPY)
+        return thaw_fail(-EINVAL, "thawcore_engine_restore: unknown io mode %d", mode);
     int verify = options && options->region_crc32c;
     if (verify && !options->region_length)
         return thaw_fail(-EINVAL, "thawcore_engine_restore: checksums without region lengths");
@@ -276,17 +311,20 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
 
     pthread_mutex_lock(&e->lock);
     double started = thaw_now_seconds();
-    int mode = options ? options->io_mode : THAWCORE_IO_AUTO;
     int direct_used = 0;
     int fd = thaw_open_for_read(path, mode == THAWCORE_IO_DIRECT, &direct_used);
     if (fd < 0) {
         pthread_mutex_unlock(&e->lock);
         return fd;
     }
+    struct stat st;
+    uint64_t file_size = fstat(fd, &st) == 0 && st.st_size > 0 ? (uint64_t)st.st_size : 0;
+    uint64_t lo = extent_count ? extents[0].file_offset : 0;
+    uint64_t hi = extent_count ? extents[extent_count - 1].file_offset + extents[extent_count - 1].length : 0;
+    double resident = direct_used || !extent_count ? -1 : thaw_page_cache_residency(fd, lo, hi > lo ? hi - lo : 0);
     if (mode == THAWCORE_IO_AUTO && extent_count) {
-        uint64_t lo = extents[0].file_offset, hi = extents[extent_count - 1].file_offset + extents[extent_count - 1].length;
-        double resident = thaw_page_cache_residency(fd, lo, hi > lo ? hi - lo : 0);
-        if (resident >= 0 && resident < 0.5) {
+        mode = thaw_pick_io_mode(resident, hi > lo ? hi - lo : 0, thaw_memory_available());
+        if (mode == THAWCORE_IO_DIRECT) {
             int direct_fd = thaw_open_for_read(path, 1, &direct_used);
             if (direct_fd >= 0) {
                 close(fd);
@@ -294,18 +332,40 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
             }
         }
     }
+    int zero_copy = mode == THAWCORE_IO_ZEROCOPY;
 
-    uint64_t chunk_count = 0;
-    int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &chunk_count);
+    uint64_t chunk_count = 0, staged_chunks = 0;
+    int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &staged_chunks);
     restore_job job = {
-        .engine = e, .path = path, .fd = fd, .extents = extents, .segments = segments,
-        .options = options, .verify = verify,
+        .engine = e, .path = path, .fd = fd, .file_size = file_size, .extents = extents, .segments = segments,
+        .options = options, .verify = verify, .zero_copy = zero_copy,
     };
     thaw_first_failure_init(&job.failure);
+    /* The mapping covers the plan's range up to the end of the file: bytes past it are
+     * never touched (they would fault), the staged read reports the short file instead. */
+    if (!rc && zero_copy && file_size > lo && hi > lo) {
+        long page = sysconf(_SC_PAGESIZE);
+        job.map_offset = lo - lo % (uint64_t)page;
+        job.map_length = (hi < file_size ? hi : file_size) - job.map_offset;
+        void *map = mmap(NULL, (size_t)job.map_length, PROT_READ, MAP_SHARED, fd, (off_t)job.map_offset);
+        if (map != MAP_FAILED)
+            job.map = map;
+        else
+            job.zero_copy = 0; /* read it the staged way */
+    }
+    if (!job.map)
+        job.zero_copy = 0;
+    uint64_t chunk_size = job_chunk_size(e, job.zero_copy);
+    if (!direct_used && !job.zero_copy && read_ahead_wanted(resident))
+        job.read_ahead = (uint32_t)(READ_AHEAD_BYTES / chunk_size > e->lane_count ? READ_AHEAD_BYTES / chunk_size : e->lane_count);
+    for (uint32_t i = 0; !rc && i < extent_count; i++)
+        chunk_count += (extents[i].length + chunk_size - 1) / chunk_size;
     if (!rc) {
         job.chunk_count = (uint32_t)chunk_count;
         job.chunks = malloc((chunk_count ? chunk_count : 1) * sizeof(chunk_job));
-        job.piece_capacity = verify ? (uint32_t)(chunk_count + segment_count) : 0;
+        /* A zero-copy chunk that falls back is cut into staged chunks: at most one more
+         * piece per zero-copy chunk than the staged plan has. */
+        job.piece_capacity = verify ? (uint32_t)(staged_chunks + chunk_count + segment_count) : 0;
         job.pieces = verify ? malloc((job.piece_capacity ? job.piece_capacity : 1) * sizeof(crc_piece)) : NULL;
         if (!job.chunks || (verify && !job.pieces))
             rc = thaw_fail(-ENOMEM, "out of host memory planning %llu chunks", (unsigned long long)chunk_count);
@@ -313,8 +373,8 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
     if (!rc) {
         uint32_t n = 0;
         for (uint32_t i = 0; i < extent_count; i++) {
-            for (uint64_t off = 0; off < extents[i].length; off += e->chunk) {
-                uint64_t len = extents[i].length - off < e->chunk ? extents[i].length - off : e->chunk;
+            for (uint64_t off = 0; off < extents[i].length; off += chunk_size) {
+                uint64_t len = extents[i].length - off < chunk_size ? extents[i].length - off : chunk_size;
                 job.chunks[n++] = (chunk_job){ i, extents[i].file_offset + off, len };
             }
             for (uint32_t s = 0; s < extents[i].segment_count; s++)
@@ -337,14 +397,17 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
         if (!rc && options && options->progress)
             options->progress(options->progress_user, job.bytes_total, job.bytes_total);
     }
+    if (job.map)
+        munmap((void *)job.map, (size_t)job.map_length);
     close(fd);
     if (stats) {
         stats->bytes_read = atomic_load(&job.bytes_read);
         stats->bytes_copied = atomic_load(&job.bytes_copied);
         stats->seconds = thaw_now_seconds() - started;
-        stats->io_mode_used = direct_used ? THAWCORE_IO_DIRECT : THAWCORE_IO_BUFFERED;
+        stats->io_mode_used = job.zero_copy ? THAWCORE_IO_ZEROCOPY : direct_used ? THAWCORE_IO_DIRECT : THAWCORE_IO_BUFFERED;
         stats->threads = e->lane_count;
         stats->failed_region = job.failure.region;
+        stats->fallback_chunks = atomic_load(&job.fallback_chunks);
     }
     free(job.chunks);
     free(job.pieces);

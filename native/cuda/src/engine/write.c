@@ -33,8 +33,10 @@ static void *write_lane_main(void *arg)
     write_arg *a = arg;
     write_job *job = a->job;
     thawcore_engine *e = job->engine;
-    unsigned char *staging = e->lanes[a->lane].slots[0];
+    unsigned char *staging = NULL;
     int rc = job->source_is_host ? 0 : e->dev.ops->bind_thread(&e->dev);
+    if (!rc && !job->source_is_host)
+        rc = thaw_lane_slot(e, &e->lanes[a->lane], 0, &staging);
     while (!rc && !atomic_load(&job->failure.failed)) {
         uint32_t index = atomic_fetch_add(&job->next_segment, 1);
         if (index >= job->segment_count)

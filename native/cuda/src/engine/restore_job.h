@@ -1,0 +1,59 @@
+/* A restore in flight, shared by the staged pipeline (restore.c) and its zero-copy
+ * chunks (zero_copy.c). */
+#ifndef THAW_RESTORE_JOB_H
+#define THAW_RESTORE_JOB_H
+
+#include "engine/engine.h"
+
+typedef struct { uint32_t extent; uint64_t file_offset; uint64_t length; } chunk_job;
+typedef struct { uint32_t region; uint32_t crc; uint64_t offset; uint64_t length; } crc_piece;
+
+typedef struct {
+    thawcore_engine *engine;
+    const char *path;
+    int fd;
+    uint64_t file_size;
+    const thawcore_extent *extents;
+    const thawcore_segment *segments;
+    chunk_job *chunks;
+    uint32_t chunk_count;
+    const thawcore_restore_options *options;
+    int verify;
+    int zero_copy;             /* chunks are DMA'd from the mapping where they can be */
+    uint32_t read_ahead;       /* chunks ahead a lane asks the kernel to read (uncached files); 0 = none */
+    const unsigned char *map;  /* the file from map_offset, up to its end; NULL when unmapped */
+    uint64_t map_offset;
+    uint64_t map_length;
+    crc_piece *pieces;
+    uint32_t piece_capacity;
+
+    atomic_uint next_chunk;
+    atomic_uint piece_count;
+    atomic_uint fallback_chunks;
+    atomic_ullong bytes_read;
+    atomic_ullong bytes_copied;
+    atomic_llong last_progress_ms;
+    uint64_t bytes_total;
+
+    first_failure failure;
+} restore_job;
+
+int thaw_restore_failed(restore_job *job, int code, uint32_t region);
+
+/* Queues the device copies (and, verifying, the CRC32C) of every segment piece inside
+ * chunk c, whose bytes are at src and valid up to file offset valid_end, on the lane's
+ * stream. Adds the bytes queued to *copied; on failure records it and returns its code. */
+int thaw_restore_queue_chunk(restore_job *job, lane *l, const chunk_job *c, const unsigned char *src,
+                             uint64_t valid_end, uint64_t *copied);
+/* Reads a chunk of at most the engine's chunk size through the lane's next staging slot
+ * and queues its copies. */
+int thaw_restore_staged_chunk(restore_job *job, lane *l, uint32_t *turn, const chunk_job *c);
+void thaw_restore_count_copied(restore_job *job, uint64_t copied);
+
+/* Queues chunk c straight from the mapping once its pages are resident and registered
+ * for DMA; otherwise (pages missing, registration refused) reads it through staging. */
+int thaw_zero_copy_chunk(restore_job *job, lane *l, uint32_t *zero_copy_turn, uint32_t *turn, const chunk_job *c);
+/* Releases the lane's registrations; its stream must be idle. */
+void thaw_zero_copy_release(restore_job *job, lane *l);
+
+#endif
