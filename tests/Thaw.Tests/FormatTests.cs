@@ -138,6 +138,30 @@ public class FormatTests
     }
 
     [Test]
+    public void RestoresCheckEveryRegionByDefaultAndVerifyFalseSkipsTheCheck()
+    {
+        string valid = ValidSnapshot();
+        Snapshot s = SnapshotReader.Read(valid);
+        long offsetOfB = s.FileOffsetOf(s.Tensors[1]) + 1234;
+        string path = Mutated(valid, b => b[offsetOfB] ^= 1);
+        Snapshot corrupt = SnapshotReader.Read(path);
+        ulong arena = _engine.Allocate(s.DataLength);
+        try
+        {
+            Assert.That(_engine.Restore(RestorePlan.IntoArena(s, arena)).Verified, Is.True);
+            var e = Assert.Throws<ThawChecksumException>(() => _engine.Restore(RestorePlan.IntoArena(corrupt, arena)))!;
+            Assert.That(e.Message, Does.Contain(path).And.Contain("region 1"));
+            RestoreResult skipped = _engine.Restore(RestorePlan.IntoArena(corrupt, arena), new RestoreOptions { Verify = false });
+            Assert.That(skipped.Verified, Is.False);
+            Assert.That(skipped.Bytes, Is.EqualTo(corrupt.TensorBytes));
+        }
+        finally
+        {
+            _engine.Free(arena);
+        }
+    }
+
+    [Test]
     public void HeaderThatLiesAboutARegionIsRefusedEvenWithAValidCrc()
     {
         string valid = ValidSnapshot();

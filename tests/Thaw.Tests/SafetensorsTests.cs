@@ -108,6 +108,29 @@ public class SafetensorsTests
     }
 
     [Test]
+    public void PlainSafetensorsRestoreUnverifiedByDefaultAndRefuseARequiredCheck()
+    {
+        string file = _files.PathOf("plain.safetensors");
+        var t = T("w", "F16", [33, 7], 9);
+        TestFiles.WriteSafetensors(file, [t]);
+        Snapshot s = Snapshot.FromSafetensors(SafetensorsFile.Read(file));
+        byte[] back = new byte[t.Item4.Length];
+        GCHandle pin = GCHandle.Alloc(back, GCHandleType.Pinned);
+        try
+        {
+            var target = new RestoreTarget("w", (ulong)pin.AddrOfPinnedObject(), back.Length);
+            Assert.That(_engine.RestoreInto(s, [target]).Verified, Is.False);
+            Assert.That(back, Is.EqualTo(t.Item4));
+            Assert.That(() => _engine.RestoreInto(s, [target], new RestoreOptions { Verify = true }),
+                Throws.ArgumentException.With.Message.Contains("no checksums"));
+        }
+        finally
+        {
+            pin.Free();
+        }
+    }
+
+    [Test]
     public void IndexNamingAPathOutsideTheCheckpointIsRefused()
     {
         string dir = _files.PathOf("evil");

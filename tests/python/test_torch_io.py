@@ -107,6 +107,25 @@ def test_bad_files_raise_typed_errors(tmp_path):
         thaw_vllm.load_state_dict(truncated)
 
 
+def test_restores_check_checksums_by_default_and_verify_false_skips_them(tmp_path):
+    path = tmp_path / "ok.thaw"
+    w = torch.randn(1000)
+    thaw_vllm.freeze({"w": w}, path)
+    data = bytearray(path.read_bytes())
+    data[-4096 + 10] ^= 0xFF  # inside the region of w
+    corrupt = tmp_path / "corrupt.thaw"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(thaw_vllm.ThawChecksumError, match="region 0"):
+        thaw_vllm.load_state_dict(corrupt)
+    target = {"w": torch.zeros(1000)}
+    with pytest.raises(thaw_vllm.ThawChecksumError):
+        thaw_vllm.restore_into(target, corrupt)
+    thaw_vllm.restore_into(target, corrupt, verify=False)
+    assert not torch.equal(target["w"], w)  # the corrupt bytes arrived unchecked
+    thaw_vllm.restore_into(target, path)
+    assert torch.equal(target["w"], w)
+
+
 def write_safetensors(path, tensors):
     """An independent, minimal safetensors writer (the format's README)."""
     header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
