@@ -40,7 +40,7 @@ def test_every_command_has_help_that_exits_0(command):
 
 def test_restore_help_lists_every_flag():
     text = thaw("restore", "--help").stdout
-    for flag in ("--device <mock|cuda>", "--ordinal", "--io <auto|buffered|direct>", "--verify", "--check", "--repeat",
+    for flag in ("--device <mock|cuda>", "--ordinal", "--io <auto|buffered|direct|zerocopy>", "--verify", "--no-verify", "--check", "--repeat",
                  "--pool <SOCKET>", "--threads", "--chunk-mib", "--staging-mib", "--quiet"):
         assert flag in text
 
@@ -58,7 +58,7 @@ def test_version():
 
 @pytest.mark.parametrize("args, says", [
     (["restore", "x.thaw", "--repeat", "0"], "--repeat must be an integer in [1, 1000], not '0'"),
-    (["restore", "x.thaw", "--io", "fast"], "--io must be one of auto|buffered|direct, not 'fast'"),
+    (["restore", "x.thaw", "--io", "fast"], "--io must be one of auto|buffered|direct|zerocopy, not 'fast'"),
     (["restore", "x.thaw", "--device", "tpu"], "--device must be one of mock|cuda, not 'tpu'"),
     (["restore", "x.thaw", "--threads", "many"], "--threads must be an integer in [0, 64], not 'many'"),
     (["restore", "x.thaw", "--bogus"], "unrecognized command or argument '--bogus'"),
@@ -104,7 +104,7 @@ def test_flags_take_either_spelling_and_restore_checks(snapshot):
 def test_completion_comes_from_the_executable():
     suggestions = thaw("[suggest:17]", "thaw restore --st").stdout.split()
     assert suggestions == ["--staging-mib"]
-    assert thaw("[suggest:19]", "thaw restore --io ").stdout.split() == ["auto", "buffered", "direct"]
+    assert thaw("[suggest:19]", "thaw restore --io ").stdout.split() == ["auto", "buffered", "direct", "zerocopy"]
     assert {"convert", "info", "pool", "restore", "verify"} <= set(thaw("[suggest:5]", "thaw ").stdout.split())
     script = thaw("completion", "bash").stdout
     line = "thaw pool st"
