@@ -431,13 +431,15 @@ def _summary(group, meeting, topology, statuses, own):
 
 
 def multicast_restore(module_or_state_dict, path, group: MulticastGroup, strict: bool = True, pool=None,
-                      verify: bool = False, fallback: bool = True, progress=None, **engine_options) -> dict:
+                      verify=None, fallback: bool = True, progress=None, **engine_options) -> dict:
     """Restores the same weights on every rank of group; every member calls it.
 
     The source restores path (through pool when given) into its tensors — or, with path
     None, sends what its tensors hold now — and the weights travel rank to rank into each
-    member's destination tensors. verify: every rank checks every tensor's CRC32C (the
-    snapshot's, or the live source's). A rank the multicast did not reach restores its own
+    member's destination tensors. verify=True: every rank checks every tensor's CRC32C (the
+    snapshot's, or the live source's) after the transfer, through a host copy of device
+    tensors; None (the default) checks only what restores read from files or the pool, as
+    restore_into does; False checks nothing. A rank the multicast did not reach restores its own
     path (through its pool) when fallback is on and it has a path; else MulticastError.
     progress(bytes_done, bytes_total) runs after each chunk this rank received or sent.
     Returns {"bytes", "seconds", "gbps", "path", "group_error", "round", "topology"}: path is
