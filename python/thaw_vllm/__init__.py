@@ -22,6 +22,12 @@ def __getattr__(name):
     if name == "from_pretrained":
         from .hf import from_pretrained
         return from_pretrained
+    if name in ("freeze_kv", "restore_kv"):
+        from . import kv_hf
+        return getattr(kv_hf, name)
+    if name == "kv_info":
+        from .kv import info
+        return info
     if name in ("load", "freeze_vllm", "restore_vllm"):
         from . import vllm_api
         return getattr(vllm_api, name)
@@ -31,5 +37,6 @@ def __getattr__(name):
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
            "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
            "freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts",
+           "freeze_kv", "restore_kv", "kv_info",
            "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

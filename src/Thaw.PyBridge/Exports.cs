@@ -13,7 +13,7 @@ namespace Thaw.PyBridge;
 /// <summary>The C ABI that the Python shim calls through ctypes (python/thaw_vllm/_native.py).
 /// Every export returns 0 on success or the negative <see cref="ThawErrorKind"/> of the
 /// failure, whose message thaw_last_error returns; no exception crosses into the caller.</summary>
-public static unsafe class Exports
+public static unsafe partial class Exports
 {
     [ThreadStatic] private static byte[]? t_lastError;
 
@@ -163,7 +163,9 @@ public static unsafe class Exports
     [UnmanagedCallersOnly(EntryPoint = "thaw_verify")]
     public static int Verify(byte* path) => Guard(() =>
     {
-        Engines.Get(default).Verify(SnapshotReader.Read(Text(path, "path")));
+        Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
+        Engines.Get(default).Verify(snapshot);
+        Thaw.Interop.Kv.KvSnapshot.VerifyIfKv(snapshot);
         return 0;
     });
 

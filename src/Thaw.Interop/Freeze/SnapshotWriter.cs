@@ -25,8 +25,10 @@ public static class SnapshotWriter
         IReadOnlyDictionary<string, string>? metadata = null, int tpRank = 0, int tpWorldSize = 1,
         bool sourceIsHost = false, Action<long, long>? progress = null)
     {
-        SnapshotLayout layout = SnapshotLayout.Create(
-            sources.Select(s => new TensorSpec(s.Name, s.DType, s.Shape)).ToList(), metadata, tpRank, tpWorldSize);
+        var specs = sources.Select(s => new TensorSpec(s.Name, s.DType, s.Shape)).ToList();
+        if (metadata is not null && Kv.KvSnapshot.IsKv(metadata))
+            Kv.KvSnapshot.Validate(path, metadata, specs);  // a KV snapshot no reader would accept is never written
+        SnapshotLayout layout = SnapshotLayout.Create(specs, metadata, tpRank, tpWorldSize);
         for (int i = 0; i < sources.Count; i++)
             if (sources[i].Address == 0 && layout.Lengths[i] > 0)
                 throw new ArgumentException($"tensor '{sources[i].Name}' has no source address");

@@ -1,0 +1,34 @@
+using Thaw.Interop.Format;
+
+namespace Thaw.Interop.Kv;
+
+/// <summary>How a KV snapshot's cache is shaped and laid out in memory (docs/FORMAT.md, "KV-cache snapshots").
+/// Two snapshots' caches are interchangeable only when every field agrees.</summary>
+/// <param name="TensorLayout">"transformers" (keys and values per layer, [1, kv_heads, tokens, head_dim]) or
+/// "vllm/&lt;backend&gt;/&lt;order&gt;" (one paged tensor per layer in memory order, blocks along <paramref name="BlockDim"/>).</param>
+/// <param name="BlockSize">Tokens per hashed block (and per paged block for a vLLM layout).</param>
+/// <param name="BlockDim">For a vLLM layout, which dimension of a layer's region counts blocks; otherwise null.</param>
+/// <param name="LayerNames">For a vLLM layout, the attention layers' names in region order; otherwise empty.</param>
+public sealed record KvLayout(string TensorLayout, int Layers, int KvHeads, int HeadDim, DType DType, int BlockSize,
+    int? BlockDim, IReadOnlyList<string> LayerNames)
+{
+    public const string Transformers = "transformers";
+    public const string VllmPrefix = "vllm/";
+
+    public bool IsVllm => TensorLayout.StartsWith(VllmPrefix, StringComparison.Ordinal);
+}
+
+/// <summary>One saved prefix: how many tokens it covers and the chained hash of each of its blocks.</summary>
+public sealed record KvPrefix(int Index, long Tokens, IReadOnlyList<string> BlockHashes)
+{
+    public string TokensRegion => KvNames.Tokens(Index);
+}
+
+/// <summary>Region names of a KV snapshot.</summary>
+public static class KvNames
+{
+    public static string Tokens(int prefix) => $"p{prefix}.tokens";
+    public static string Keys(int prefix, int layer) => $"p{prefix}.l{layer}.k";
+    public static string Values(int prefix, int layer) => $"p{prefix}.l{layer}.v";
+    public static string Paged(int prefix, int layer) => $"p{prefix}.l{layer}";
+}
