@@ -93,9 +93,10 @@ def freeze_kv(cache, input_ids, path, model=None, *, fingerprint=None, block_siz
 
 
 def _new_cache(model, max_cache_len):
-    from transformers import DynamicCache, StaticCache
+    import transformers
     if max_cache_len is not None:
-        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+        return transformers.StaticCache(config=model.config, max_cache_len=max_cache_len)
+    DynamicCache = transformers.DynamicCache
     try:
         return DynamicCache(config=model.config)  # per-layer types (sliding windows) from the config
     except TypeError:
