@@ -269,6 +269,11 @@ def register() -> None:
     """The vllm.general_plugins entry point: runs once in every vLLM process. vLLM calls it
     unguarded (vllm/plugins/__init__.py load_general_plugins), so a failure here is logged,
     never raised: an engine that does not use load_format="thaw" must still start."""
+    try:  # the KV connector: --kv-transfer-config '{"kv_connector": "ThawKVConnector", ...}'
+        from .kv_connector import register as register_kv_connector
+        register_kv_connector()
+    except Exception:
+        log.exception("thaw: registering the ThawKVConnector KV connector failed")
     try:
         from vllm.model_executor import model_loader
         registry = getattr(model_loader, "_LOAD_FORMAT_TO_MODEL_LOADER", {})
