@@ -68,11 +68,19 @@ public class KvFormatTests
     }
 
     [Test]
+    public void ALoneSurrogateEscapeIsRefusedNamingTheField()
+    {
+        string d = Description().Replace("\"model\":\"model-x\"", "\"model\":\"a\\ud800\"");
+        var e = Assert.Throws<ThawFormatException>(() => KvSnapshot.Validate(Path, Metadata(d), Regions))!;
+        Assert.That(e.Message, Does.StartWith(Path + ": 'thaw.kv' "));
+    }
+
+    [Test]
     public void MutatedDescriptionsFailCleanly()
     {
         string valid = Description();
         var random = new Random(16);
-        const string alphabet = "0123456789-.e\"{}[],:aftnul\\ \u00e9";
+        const string alphabet = "0123456789-.e\"{}[],:aftnul\\ \u00e9ud8";
         int accepted = 0, refused = 0;
         for (int i = 0; i < 3000; i++)
         {

@@ -62,15 +62,10 @@ public sealed class KvSnapshot
             throw Bad(path, $"'{KindKey}' is '{Clip(kind)}', not '{Kind}'");
         if (!metadata.TryGetValue(DescriptionKey, out string? text))
             throw Bad(path, $"KV snapshot has no '{DescriptionKey}' metadata");
-        JsonDocument document;
-        try
-        {
-            document = JsonDocument.Parse(text, new JsonDocumentOptions { MaxDepth = 4, AllowDuplicateProperties = false });
-        }
-        catch (JsonException)
-        {
-            throw Bad(path, $"'{DescriptionKey}' is not valid JSON (at most 4 levels deep)");
-        }
+        // Strict first (UTF-8, depth, repeated keys, lone surrogates): reading the document cannot throw after it.
+        JsonDocument? document = StrictJson.TryParse(System.Text.Encoding.UTF8.GetBytes(text), 4, out string problem);
+        if (document is null)
+            throw Bad(path, $"'{DescriptionKey}' {problem}");
         using (document)
         {
             var d = new Fields(path, document.RootElement);
