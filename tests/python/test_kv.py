@@ -255,3 +255,22 @@ def test_the_real_transformers_cache_round_trip():
         restored = thaw_vllm.restore_kv(f"{d}/p.thaw", model, input_ids=full)
         got = model.generate(full, past_key_values=restored, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert torch.equal(expected, got)
+
+
+def test_thaw_info_shows_the_prefixes_and_layout_and_thaw_verify_checks_the_hashes(tmp_path):
+    if not THAW.is_file():
+        pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
+    model = tiny_model()
+    path = tmp_path / "prefix.thaw"
+    thaw_vllm.freeze_kv(computed_cache(model, 19), list(range(19)), path, model)
+    shown = subprocess.run([str(THAW), "info", str(path)], capture_output=True, text=True, check=True).stdout
+    assert f"KV cache of model {kv_hf.model_fingerprint(model)}" in shown
+    assert "transformers: 3 layers, 2 KV heads, head_dim 8, F32" in shown
+    assert f"prefix 0  19 tokens, 2 blocks, last block hash {kv.block_hashes(kv_hf.model_fingerprint(model), range(19), 16)[-1]}" in shown
+    subprocess.run([str(THAW), "verify", str(path), "--quiet"], capture_output=True, text=True, check=True)
+    wrong = tmp_path / "wrong.thaw"
+    description = _good_description()
+    description["prefixes"][0]["block_hashes"] = kv.block_hashes("m", [9, 9, 9, 9], 16)
+    _write_raw(wrong, description, _good_regions())
+    refused = subprocess.run([str(THAW), "verify", str(wrong), "--quiet"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "block 0's recorded hash" in refused.stderr

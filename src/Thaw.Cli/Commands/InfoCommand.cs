@@ -37,6 +37,7 @@ internal sealed class InfoCommand : Command
             ArtifactsSummary.Write(s, o);
         foreach (var (key, value) in s.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             o.WriteLine($"metadata  {key} = {(value.Length > 120 ? value[..117] + "..." : value)}");
+        KvInfo.Print(o, s);
         if (parse.GetValue(_tensors))
         {
             o.WriteLine();

@@ -27,6 +27,7 @@ internal sealed class VerifyCommand : Command
         using var cancel = Interrupt.CancelOnCtrlC();
         RestoreResult r = engine.Verify(snapshot, progress.Callback, cancel.Token);
         progress.Done();
+        Thaw.Interop.Kv.KvSnapshot.VerifyIfKv(snapshot);  // a KV snapshot: its prefix hashes against its token ids
         Console.Out.WriteLine($"ok: {snapshot.Path}: header and {snapshot.Tensors.Count} region checksums verified, " +
             $"{Units.Size(r.BytesRead)} read in {r.Seconds:F2} s ({r.BytesRead / r.Seconds / 1e9:F2} GB/s)");
         return 0;
