@@ -4,7 +4,6 @@ the format's refusals, and the same snapshot served by a pool. The real-transfor
 where transformers is installed (the GPU machine; bench/kv_bench.py measures it there)."""
 import json
 import subprocess
-import time
 import types
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 import thaw_vllm
 from thaw_vllm import kv, kv_hf
 from thaw_vllm.errors import ThawFormatError, ThawMismatchError
+from test_pool import THAW, server  # noqa: F401 (the pool fixture: thaw pool serve on the mock device)
 
 
 class Layer:
@@ -195,39 +195,23 @@ def test_verify_recomputes_the_prefix_hashes_from_the_stored_token_ids(tmp_path)
         thaw_vllm.verify(path)
 
 
-THAW = Path(__file__).resolve().parents[2] / "build" / "publish" / "cli" / "thaw"
-
-
-def test_a_pool_holds_kv_snapshots_like_weights(tmp_path):
+def test_a_pool_holds_kv_snapshots_like_weights(tmp_path, server):
     """The pool serves a KV snapshot's regions into another process's memory (mock device: the IPC
     handle names a shared-memory file), bit-exactly, with no KV-specific code in the pool."""
-    if not THAW.is_file():
-        pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
     from thaw_vllm import pool
     model = tiny_model()
     cache = computed_cache(model, 24)
     path = tmp_path / "prefix.thaw"
     thaw_vllm.freeze_kv(cache, list(range(24)), path, model)
-    socket_path = tmp_path / "pool.sock"
-    server = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "mock",
-                               "--budget-mib", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            if socket_path.exists():
-                break
-            time.sleep(0.05)
-        assert pool.load(path, socket_path)["bytes"] > 0
-        header = thaw_vllm.info(path)
-        shared = tmp_path / "device-memory"
-        size = header["file_length"] - header["data_offset"]
-        shared.write_bytes(b"\0" * size)
-        handle = pool.base64.b64encode(str(shared).encode()).decode()
-        targets = [{"name": t["name"], "handle": handle, "offset": t["offset"], "capacity": t["length"]}
-                   for t in header["tensors"]]
-        pool.restore_targets(path, targets, socket_path)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    assert pool.load(path, server)["bytes"] > 0
+    header = thaw_vllm.info(path)
+    shared = tmp_path / "device-memory"
+    size = header["file_length"] - header["data_offset"]
+    shared.write_bytes(b"\0" * size)
+    handle = pool.base64.b64encode(shared.name.encode()).decode()  # a file inside the pool's --shm-dir
+    targets = [{"name": t["name"], "handle": handle, "offset": t["offset"], "capacity": t["length"]}
+               for t in header["tensors"]]
+    pool.restore_targets(path, targets, server)
     memory = torch.from_file(str(shared), shared=False, size=size, dtype=torch.uint8)
     regions = {t["name"]: memory[t["offset"]:t["offset"] + t["length"]] for t in header["tensors"]}
     for layer in range(3):
