@@ -159,20 +159,18 @@ public sealed class KvSnapshot
         var byName = new Dictionary<string, TensorSpec>(StringComparer.Ordinal);
         foreach (TensorSpec r in regions)
             byName[r.Name] = r;
-        long expectedCount = 0;
+        var expected = new HashSet<string>(StringComparer.Ordinal);
         long perBlock = checked((long)layout.BlockSize * layout.KvHeads * 2 * layout.HeadDim);
         foreach (KvPrefix p in prefixes)
         {
-            Expect(path, byName, KvNames.Tokens(p.Index), DType.I64, [p.Tokens]);
-            expectedCount++;
+            expected.Add(Expect(path, byName, KvNames.Tokens(p.Index), DType.I64, [p.Tokens]).Name);
             for (int l = 0; l < layout.Layers; l++)
             {
                 if (!layout.IsVllm)
                 {
                     long[] shape = [1, layout.KvHeads, p.Tokens, layout.HeadDim];
-                    Expect(path, byName, KvNames.Keys(p.Index, l), layout.DType, shape);
-                    Expect(path, byName, KvNames.Values(p.Index, l), layout.DType, shape);
-                    expectedCount += 2;
+                    expected.Add(Expect(path, byName, KvNames.Keys(p.Index, l), layout.DType, shape).Name);
+                    expected.Add(Expect(path, byName, KvNames.Values(p.Index, l), layout.DType, shape).Name);
                     continue;
                 }
                 string name = KvNames.Paged(p.Index, l);
@@ -188,27 +186,13 @@ public sealed class KvSnapshot
                 if (r.Shape[blockDim] != blocks || others != perBlock)
                     throw Bad(path, $"KV region '{name}' has shape [{string.Join(", ", r.Shape)}]; {blocks} blocks along dimension {blockDim} " +
                         $"of {layout.BlockSize} tokens × {layout.KvHeads} heads × 2 × {layout.HeadDim} elements each were described");
-                expectedCount++;
+                expected.Add(name);
             }
         }
-        if (regions.Count != expectedCount)
-        {
-            string extra = regions.Select(r => r.Name).FirstOrDefault(n => !IsExpected(layout, prefixes.Count, n)) ?? "?";
-            throw Bad(path, $"KV snapshot holds {regions.Count} regions, its description accounts for {expectedCount} (unexpected: '{Clip(extra)}')");
-        }
-    }
-
-    private static bool IsExpected(KvLayout layout, int prefixCount, string name)
-    {
-        for (int p = 0; p < prefixCount; p++)
-        {
-            if (name == KvNames.Tokens(p))
-                return true;
-            for (int l = 0; l < layout.Layers; l++)
-                if (layout.IsVllm ? name == KvNames.Paged(p, l) : name == KvNames.Keys(p, l) || name == KvNames.Values(p, l))
-                    return true;
-        }
-        return false;
+        // Every expected region was found; anything else is a region the description does not explain.
+        TensorSpec? extra = regions.FirstOrDefault(r => !expected.Contains(r.Name));
+        if (extra is not null)
+            throw Bad(path, $"KV snapshot holds {regions.Count} regions, its description accounts for {expected.Count} (unexpected: '{Clip(extra.Name)}')");
     }
 
     private static TensorSpec Expect(string path, Dictionary<string, TensorSpec> byName, string name, DType dtype, long[]? shape)
