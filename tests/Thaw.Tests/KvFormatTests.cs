@@ -53,6 +53,9 @@ public class KvFormatTests
         Assert.That(KvSnapshot.Validate(Path, Metadata(d), paged).Layout.LayerNames.Single(), Is.EqualTo("model.layers.0.self_attn.attn"));
         var e = Assert.Throws<ThawFormatException>(() => KvSnapshot.Validate(Path, Metadata(d.Replace("\"block_dim\":0", "\"block_dim\":1")), paged))!;
         Assert.That(e.Message, Does.Contain("'p0.l0' has shape [2, 16, 3, 8]"));
+        TensorSpec[] huge = [paged[0], new("p0.l0", DType.F16, [2, long.MaxValue / 4, long.MaxValue / 4, 0])];
+        e = Assert.Throws<ThawFormatException>(() => KvSnapshot.Validate(Path, Metadata(d), huge))!;
+        Assert.That(e.Message, Does.Contain("'p0.l0' has shape [2, 2305843009213693951, "));
         e = Assert.Throws<ThawFormatException>(() => KvSnapshot.Validate(Path, Metadata(d.Replace("\"tokens\":32", "\"tokens\":31")), paged))!;
         Assert.That(e.Message, Does.Contain("not a whole number of 16-token blocks"));
     }

@@ -179,10 +179,10 @@ public sealed class KvSnapshot
                 if (r.Shape.Length < 2 || r.Shape.Length > MaxRegionDims || blockDim >= r.Shape.Length)
                     throw Bad(path, $"KV region '{name}' has {r.Shape.Length} dimensions; a paged layer needs 2..{MaxRegionDims} with the block dimension {blockDim} among them");
                 long blocks = p.Tokens / layout.BlockSize;
-                long others = 1;
-                for (int i = 0; i < r.Shape.Length; i++)
+                Int128 others = 1;  // a zero dimension lets the others be as large as the reader allows: no overflow here
+                for (int i = 0; i < r.Shape.Length && others <= perBlock; i++)
                     if (i != blockDim)
-                        others = checked(others * r.Shape[i]);
+                        others *= r.Shape[i];
                 if (r.Shape[blockDim] != blocks || others != perBlock)
                     throw Bad(path, $"KV region '{name}' has shape [{string.Join(", ", r.Shape)}]; {blocks} blocks along dimension {blockDim} " +
                         $"of {layout.BlockSize} tokens × {layout.KvHeads} heads × 2 × {layout.HeadDim} elements each were described");
