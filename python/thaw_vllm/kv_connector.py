@@ -65,11 +65,18 @@ def options(extra_config: dict) -> dict:
 
 def model_id(vllm_config) -> str:
     """The model fingerprint in a vLLM layout's prefix hashes: the same for the scheduler and every
-    rank (the rank itself is checked by the snapshot's preamble)."""
-    from .vllm_config import fingerprint
-    facts = {k: v for k, v in fingerprint(vllm_config.model_config).items() if not k.endswith("_rank")}
-    facts["tp_world_size"] = str(vllm_config.parallel_config.tensor_parallel_size)
-    hf_config = getattr(vllm_config.model_config, "hf_config", None)
+    rank (the rank itself is checked by the snapshot's preamble and file name)."""
+    from .vllm_config import _config_digest
+    model_config = vllm_config.model_config
+    hf_config = getattr(model_config, "hf_config", None)
+    facts = {
+        "config_sha256": _config_digest(hf_config) if hf_config is not None else "",
+        "dtype": str(getattr(model_config, "dtype", "")),
+        "quantization": str(getattr(model_config, "quantization", None)),
+        "kv_cache_dtype": str(getattr(getattr(vllm_config, "cache_config", None), "cache_dtype", "auto")),
+        "tp_world_size": vllm_config.parallel_config.tensor_parallel_size,
+        "pp_world_size": getattr(vllm_config.parallel_config, "pipeline_parallel_size", 1),
+    }
     architectures = ",".join(getattr(hf_config, "architectures", None) or []) or "unknown"
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
     return f"vllm:{architectures}:{digest}"
@@ -171,6 +178,8 @@ class ThawKVConnector(KVConnectorBase_V1):
         self._block_size = vllm_config.cache_config.block_size
         self._model = model_id(vllm_config)
         self._tp_world = vllm_config.parallel_config.tensor_parallel_size
+        if getattr(vllm_config.parallel_config, "pipeline_parallel_size", 1) != 1:
+            raise ValueError(f"{NAME} supports tensor parallelism only (pipeline_parallel_size must be 1)")
         self._producer = self._kv_transfer_config.is_kv_producer
         self._consumer = self._kv_transfer_config.is_kv_consumer
         self._directory = self._options["snapshot_dir"]
