@@ -10,6 +10,7 @@ namespace Thaw.Interop.Kv;
 /// block i = SHA-256(block i−1 (root for i = 0) ‖ u32le(token count) ‖ each token id as u64le).</summary>
 public static class KvHash
 {
+    /// <summary>The algorithm's name as recorded in a KV description.</summary>
     public const string Algorithm = "sha256-chain-v1";
     private static readonly byte[] Domain = Encoding.ASCII.GetBytes("thaw.kv.sha256-chain-v1\n");
 

@@ -6,6 +6,7 @@ namespace Thaw.Interop.Kv;
 /// <summary>A validated KV snapshot as JSON (for `thaw_kv_info` and tools): layout, model, prefixes.</summary>
 public static class KvJson
 {
+    /// <summary>The description as one JSON object: path, kind, model, hash, layout fields, tensor_bytes, prefixes.</summary>
     public static string Describe(KvSnapshot kv)
     {
         using var buffer = new MemoryStream();

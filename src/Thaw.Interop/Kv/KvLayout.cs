@@ -12,23 +12,31 @@ namespace Thaw.Interop.Kv;
 public sealed record KvLayout(string TensorLayout, int Layers, int KvHeads, int HeadDim, DType DType, int BlockSize,
     int? BlockDim, IReadOnlyList<string> LayerNames)
 {
+    /// <summary>The tensor layout of transformers caches: keys and values per layer, [1, kv_heads, tokens, head_dim].</summary>
     public const string Transformers = "transformers";
+    /// <summary>The prefix of vLLM paged layouts, followed by the attention backend and the memory order.</summary>
     public const string VllmPrefix = "vllm/";
 
+    /// <summary>Whether this is a vLLM paged layout.</summary>
     public bool IsVllm => TensorLayout.StartsWith(VllmPrefix, StringComparison.Ordinal);
 }
 
 /// <summary>One saved prefix: how many tokens it covers and the chained hash of each of its blocks.</summary>
 public sealed record KvPrefix(int Index, long Tokens, IReadOnlyList<string> BlockHashes)
 {
+    /// <summary>The region holding this prefix's token ids.</summary>
     public string TokensRegion => KvNames.Tokens(Index);
 }
 
 /// <summary>Region names of a KV snapshot.</summary>
 public static class KvNames
 {
+    /// <summary>The token ids of a prefix: I64 [tokens].</summary>
     public static string Tokens(int prefix) => $"p{prefix}.tokens";
+    /// <summary>A transformers layer's keys.</summary>
     public static string Keys(int prefix, int layer) => $"p{prefix}.l{layer}.k";
+    /// <summary>A transformers layer's values.</summary>
     public static string Values(int prefix, int layer) => $"p{prefix}.l{layer}.v";
+    /// <summary>A vLLM layer's paged blocks.</summary>
     public static string Paged(int prefix, int layer) => $"p{prefix}.l{layer}";
 }

@@ -7,18 +7,30 @@ namespace Thaw.Interop.Kv;
 /// against its regions. The metadata is hostile input: every number and length is bounded before use.</summary>
 public sealed class KvSnapshot
 {
+    /// <summary>The metadata key that marks a snapshot's kind.</summary>
     public const string KindKey = "thaw.kind";
+    /// <summary>The kind of KV-cache snapshots.</summary>
     public const string Kind = "kv-cache";
+    /// <summary>The metadata key of the JSON description.</summary>
     public const string DescriptionKey = "thaw.kv";
+    /// <summary>The description version this reader knows.</summary>
     public const int DescriptionVersion = 1;
 
+    /// <summary>Bound of the layers field.</summary>
     public const int MaxLayers = 1024;
+    /// <summary>Bound of the kv_heads field.</summary>
     public const int MaxKvHeads = 1024;
+    /// <summary>Bound of the head_dim field.</summary>
     public const int MaxHeadDim = 4096;
+    /// <summary>Bound of the block_size field.</summary>
     public const int MaxBlockSize = 4096;
+    /// <summary>Bound of the number of prefixes.</summary>
     public const int MaxPrefixes = 4096;
+    /// <summary>Bound of a prefix's token count.</summary>
     public const long MaxPrefixTokens = 1L << 24;
+    /// <summary>Bound of every string field, in UTF-8 bytes.</summary>
     public const int MaxStringBytes = 4096;
+    /// <summary>Most dimensions of a paged layer region.</summary>
     public const int MaxRegionDims = 8;
 
     private KvSnapshot(string path, KvLayout layout, string model, IReadOnlyList<KvPrefix> prefixes, Snapshot? snapshot)
@@ -30,15 +42,20 @@ public sealed class KvSnapshot
         Snapshot = snapshot;
     }
 
+    /// <summary>The snapshot file.</summary>
     public string Path { get; }
+    /// <summary>The cache layout.</summary>
     public KvLayout Layout { get; }
     /// <summary>The model fingerprint the cache was computed with.</summary>
     public string Model { get; }
+    /// <summary>The prefix hash algorithm.</summary>
     public string HashAlgorithm => KvHash.Algorithm;
+    /// <summary>The saved prefixes, in region order.</summary>
     public IReadOnlyList<KvPrefix> Prefixes { get; }
     /// <summary>The container, when read from a file.</summary>
     public Snapshot? Snapshot { get; }
 
+    /// <summary>Whether metadata marks a KV-cache snapshot.</summary>
     public static bool IsKv(IReadOnlyDictionary<string, string> metadata) =>
         metadata.TryGetValue(KindKey, out string? kind) && kind == Kind;
 
