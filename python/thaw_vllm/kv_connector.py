@@ -33,7 +33,7 @@ log = logging.getLogger("thaw_vllm")
 
 NAME = "ThawKVConnector"
 SAVE_MODES = ("all", "requested", "none")
-_OPTIONS = {"snapshot_dir": None, "save": "all", "min_tokens": 256, "staging_mib": 1024, "verify": False}
+_OPTIONS = {"snapshot_dir": None, "save": "all", "min_tokens": 256, "staging_mib": 1024, "verify": True}
 SAVE_PARAM = "thaw_save"  # kv_transfer_params of a request: {"thaw_save": true} with save="requested"
 
 

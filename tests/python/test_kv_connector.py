@@ -245,3 +245,18 @@ def test_the_plugin_registers_the_connector_and_a_module_path_finds_it_too():
     assert KVConnectorFactory.get_connector_class(KVTransferConfig()) is kv_connector.ThawKVConnector
     by_path = KVTransferConfig(kv_connector_module_path="thaw_vllm.kv_connector")
     assert KVConnectorFactory.get_connector_class(by_path) is kv_connector.ThawKVConnector
+
+
+def test_a_corrupt_snapshot_fails_its_checksum_and_is_reported_not_loaded(tmp_path, caplog):
+    import thaw_vllm
+    Engine(tmp_path).run(Request("a", PROMPT))
+    path = next(tmp_path.glob("*.thaw"))
+    header = thaw_vllm.info(path)
+    region = next(t for t in header["tensors"] if t["name"] == kv.paged_region(0, 1))
+    data = bytearray(path.read_bytes())
+    data[header["data_offset"] + region["offset"] + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+    engine = Engine(tmp_path, role="kv_consumer", seed=6)
+    loaded, errors, ids = engine.run(Request("b", PROMPT))
+    assert loaded == 32 and errors == set(ids[:2])
+    assert "CRC32C" in caplog.text or "checksum" in caplog.text.lower()
