@@ -87,14 +87,56 @@ class MulticastGroup:
             bad("backend", "must be auto, gloo or nccl")
 
 
-def tcp_store(address: str, is_host: bool, size: int, timeout_s: float = 300.0):
-    """The group's meeting point at "host:port"; exactly one member (is_host) serves it."""
+def _address(address):
     host, _, port = str(address).rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"multicast store address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def tcp_store(address: str, is_host: bool, timeout_s: float = 300.0):
+    """The group's meeting point at "host:port"; exactly one member (is_host) serves it."""
     import torch.distributed as dist
-    return dist.TCPStore(host.strip("[]"), int(port), size, is_host, timedelta(seconds=timeout_s),
-                         wait_for_workers=False)
+    host, port = _address(address)
+    return dist.TCPStore(host, port, None, is_host, timedelta(seconds=timeout_s), wait_for_workers=False)
+
+
+# model_loader_extra_config["multicast"] (the vLLM loader): field -> meaning.
+CONFIG_FIELDS = {
+    "store": "host:port where the members meet; the source engine's first worker serves it",
+    "rank": "this engine's rank in the group", "size": "engines in the group",
+    "source": "the rank that restores and sends (default 0)", "name": "the group's name (default thaw)",
+    "topology": "auto | chain | tree", "chunk_mib": "MiB a chunk (default 32)",
+    "timeout_s": "seconds a chunk may take before its peer counts as stalled (default 10)",
+    "join_timeout_s": "seconds to wait for every member (default 300)",
+}
+
+
+def group_from_config(config, parts=(), store=None) -> MulticastGroup:
+    """The group one worker joins: one group for each set of rank-file parts (tp0, tp1, ...),
+    since each tensor-parallel rank multicasts its own file."""
+    if not isinstance(config, dict):
+        raise ValueError(f"multicast must be a dict of {', '.join(CONFIG_FIELDS)}, not {config!r}")
+    unknown = sorted(set(config) - set(CONFIG_FIELDS))
+    missing = sorted({"store", "rank", "size"} - set(config))
+    if unknown or missing:
+        raise ValueError(f"multicast: unknown fields {unknown}, missing fields {missing}; "
+                         f"known: {', '.join(f'{k} ({v})' for k, v in CONFIG_FIELDS.items())}")
+    _address(config["store"])
+    chunk_mib = config.get("chunk_mib", DEFAULT_CHUNK_BYTES >> 20)
+    if isinstance(chunk_mib, bool) or not isinstance(chunk_mib, int) or not 1 <= chunk_mib <= MAX_CHUNK_BYTES >> 20:
+        raise ValueError(f"multicast: chunk_mib must be a whole number from 1 to {MAX_CHUNK_BYTES >> 20}, not {chunk_mib!r}")
+    return MulticastGroup(store, config["rank"], config["size"], name=".".join([str(config.get("name", "thaw")), *parts]),
+                          source=config.get("source", 0), topology=config.get("topology", "auto"),
+                          chunk_bytes=chunk_mib << 20, timeout_s=config.get("timeout_s", 10.0),
+                          join_timeout_s=config.get("join_timeout_s", 300.0))
+
+
+def join_from_config(config, parts, first_worker: bool) -> MulticastGroup:
+    """group_from_config with its store: the source engine's first worker serves it."""
+    group = group_from_config(config, parts)
+    store = tcp_store(config["store"], first_worker and group.rank == group.source, group.join_timeout_s)
+    return dataclasses.replace(group, store=store)
 
 
 # ---- where each rank sits ---------------------------------------------------------------

@@ -53,6 +53,11 @@ def _pool(key, value):
         raise ValueError(f"load_format='thaw': pool must be true, false or a socket path, not {value!r}")
 
 
+def _multicast(key, value):
+    from .multicast import group_from_config
+    group_from_config(value)  # raises ValueError naming the field
+
+
 # model_loader_extra_config keys: (meaning, check). One row per key; add a row to add a key.
 EXTRA_KEYS = {
     "snapshot": ("snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)", _path),
@@ -65,6 +70,8 @@ EXTRA_KEYS = {
     "chunk_mib": ("staging chunk size in MiB", _count),
     "staging_mib": ("pinned staging memory in MiB", _count),
     "sleep_backend": ("use Thaw as vLLM's sleep-mode backend: sleep(2) then wake_up() restores the snapshot", _flag),
+    "multicast": ("join a multicast group {store: host:port, rank, size, ...} whose source sends the snapshot "
+                  "(docs/MULTI_GPU.md); ranks it does not reach restore their own file", _multicast),
     "compile_cache": ("write the torch.compile cache frozen beside the snapshot into VLLM_CACHE_ROOT before vLLM "
                       "compiles (default true)", _flag),
 }
@@ -158,9 +165,9 @@ def resolve_checkpoint(model_or_path, load_config, revision=None) -> Path:
     return Path(folder)
 
 
-def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None) -> dict:
+def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None) -> dict:
     """Restores this rank's file of a snapshot into an already processed model: tensors,
-    then the scalars processing derived."""
+    then the scalars processing derived. multicast: the extra config's group to join."""
     ranks = parallel_ranks(vllm_config)
     path = rank_file(snapshot, ranks)
     header = torch_io.info(path)
@@ -169,11 +176,19 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
         raise ThawMismatchError(f"{path} is tensor-parallel rank {header['tp_rank']} of {header['tp_world_size']}, "
                                 f"this worker is rank {ranks.tp_rank} of {ranks.tp_world}")
     started = time.perf_counter()
-    stats = torch_io.restore_into(vllm_capture.model_tensors(model), path, strict=True, **options)
+    if multicast is not None:
+        from .multicast import join_from_config, multicast_restore
+        first_worker = not any((ranks.tp_rank, ranks.pp_rank, ranks.dp_rank, ranks.pcp_rank))
+        group = join_from_config(multicast, ranks.file_parts(), first_worker)
+        stats = multicast_restore(vllm_capture.model_tensors(model), path, group, strict=True, **options)
+        served = stats["path"]
+    else:
+        stats = torch_io.restore_into(vllm_capture.model_tensors(model), path, strict=True, **options)
+        served = stats["source"]
     vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started
-    log.info("thaw: rank %s restored %d bytes from %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"], path,
-             seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
+    log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"],
+             path, served, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
     return stats
 
 
@@ -254,7 +269,8 @@ def make_loader_class():
                     # structure; the snapshot already holds processed values.
                     _process(model, model_config, device)
                     _refuse_unmaterialized(model, "the draft model" if draft else "the model")
-                    restore_snapshot(model, snapshot, vllm_config, model_config, options, device)
+                    restore_snapshot(model, snapshot, vllm_config, model_config, options, device,
+                                     None if draft else self.extra.get("multicast"))
                     if not draft and self.extra.get("compile_cache", True):
                         restore_compile_cache(vllm_config, snapshot)
             if self.extra.get("sleep_backend"):

@@ -54,8 +54,10 @@ def main():
     spec = json.loads(Path(sys.argv[1]).read_text())
     rank = int(sys.argv[2])
     size = spec["size"]
-    if spec["store"]["kind"] == "tcp":
-        store = multicast.tcp_store(spec["store"]["address"], rank == 0, size, 60)
+    if spec["store"]["kind"] == "config":  # as the vLLM loader joins: model_loader_extra_config["multicast"]
+        store = None
+    elif spec["store"]["kind"] == "tcp":
+        store = multicast.tcp_store(spec["store"]["address"], rank == 0, 60)
     else:
         store = dist.FileStore(spec["store"]["path"], size)
         store.set_timeout(timedelta(seconds=60))
@@ -71,10 +73,14 @@ def main():
         if str(rank) in round_spec.get("reshape", {}):
             name = round_spec["reshape"][str(rank)]
             tensors[name] = torch.zeros(tensors[name].numel() + 1, dtype=tensors[name].dtype)
-        group = multicast.MulticastGroup(
-            store, rank, size, name=round_spec.get("name", "test"), source=source,
-            topology=round_spec.get("topology", "chain"), chunk_bytes=round_spec.get("chunk_bytes", 64 << 10),
-            timeout_s=round_spec.get("timeout_s", 30), join_timeout_s=60)
+        if store is None:
+            config = {**spec["store"]["config"], "rank": rank}
+            group = multicast.join_from_config(config, spec["store"]["parts"], first_worker=True)
+        else:
+            group = multicast.MulticastGroup(
+                store, rank, size, name=round_spec.get("name", "test"), source=source,
+                topology=round_spec.get("topology", "chain"), chunk_bytes=round_spec.get("chunk_bytes", 64 << 10),
+                timeout_s=round_spec.get("timeout_s", 30), join_timeout_s=60)
         result = {}
         try:
             result["stats"] = multicast.multicast_restore(

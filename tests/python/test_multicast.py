@@ -47,10 +47,12 @@ def free_port():
 
 def run_group(tmp_path, snapshot_path, size, rounds, store="file", timeout=180):
     """Runs size workers through the rounds; returns each rank's list of round results
-    (None for a rank that died before writing any)."""
-    spec = {"size": size, "snapshot": str(snapshot_path), "rounds": rounds, "out": str(tmp_path),
-            "store": {"kind": "tcp", "address": f"127.0.0.1:{free_port()}"} if store == "tcp"
-            else {"kind": "file", "path": str(tmp_path / "store")}}
+    (None for a rank that died before writing any). store: "file", "tcp" or a worker's spec."""
+    if store == "tcp":
+        store = {"kind": "tcp", "address": f"127.0.0.1:{free_port()}"}
+    elif store == "file":
+        store = {"kind": "file", "path": str(tmp_path / "store")}
+    spec = {"size": size, "snapshot": str(snapshot_path), "rounds": rounds, "out": str(tmp_path), "store": store}
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(r)],
