@@ -8,9 +8,9 @@ namespace Thaw.Interop.Freeze;
 
 /// <summary>Streams regions whose bytes a <see cref="TensorBytesReader"/> supplies into a snapshot
 /// file through two host buffers: one is filled while the engine writes the other. Regions are
-/// cut into pieces of the engine's chunk size so that its lanes share even one large tensor; the
+/// cut into pieces (<see cref="ThawEngine.WritePieceBytes"/>) so that its lanes share even one large tensor; the
 /// pieces' CRC32Cs are combined into each region's. Host memory held: two buffers of
-/// <see cref="PiecesPerBuffer"/> chunks (2 × 64 MiB with the default 8 MiB chunks).</summary>
+/// <see cref="PiecesPerBuffer"/> pieces (2 × 64 MiB with the default chunks).</summary>
 internal static unsafe class StreamedWrite
 {
     private const int PiecesPerBuffer = 8;
@@ -24,7 +24,7 @@ internal static unsafe class StreamedWrite
         int count = layout.Tensors.Count;
         uint[] crcs = new uint[count];
         long total = layout.Lengths.Sum();
-        long pieceBytes = Math.Min(engine.ChunkBytes, MaxBufferBytes);
+        long pieceBytes = Math.Min(engine.WritePieceBytes, MaxBufferBytes);
         long bufferBytes = Math.Min(pieceBytes * PiecesPerBuffer, Math.Max(pieceBytes, MaxBufferBytes));
         byte*[] buffers = [(byte*)NativeMemory.AlignedAlloc((nuint)bufferBytes, 4096), (byte*)NativeMemory.AlignedAlloc((nuint)bufferBytes, 4096)];
         // The reading position: region and offset inside it; only the one running fill moves it.

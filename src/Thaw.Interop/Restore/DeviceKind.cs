@@ -9,13 +9,13 @@ public enum DeviceKind
     Cuda = 1,
 }
 
-/// <summary>Engine sizing; zeros take the core's defaults (a thread a core up to 16, 8 MiB chunks, 512 MiB staging).</summary>
+/// <summary>Engine sizing; zeros take the core's defaults (a thread a core up to 16, 1 MiB chunks, 64 MiB staging).</summary>
 public sealed record EngineSettings
 {
     /// <summary>Reader threads (0: one a core, up to 16).</summary>
     public int IoThreads { get; init; }
-    /// <summary>Bytes a read request moves (0: 8 MiB).</summary>
+    /// <summary>Bytes a read request moves (0: 1 MiB).</summary>
     public long ChunkBytes { get; init; }
-    /// <summary>Pinned staging memory, allocated once per engine (0: 512 MiB).</summary>
+    /// <summary>Pinned staging memory, pinned as the readers first need it and kept (0: 64 MiB).</summary>
     public long StagingBytes { get; init; }
 }

@@ -15,7 +15,12 @@ public sealed class ThawEngine : IDisposable
     private readonly EngineHandle _handle;
 
     /// <summary>The core's chunk size when <see cref="EngineSettings.ChunkBytes"/> is 0 (thaw_core.h).</summary>
-    private const long DefaultChunkBytes = 8L << 20;
+    private const long DefaultChunkBytes = 1L << 20;
+    /// <summary>Pieces of a streamed write when no chunk size is set: writes gain nothing from the
+    /// small chunks that keep a restore's staging in the CPU's caches, so they keep the 8 MiB
+    /// pieces they were measured with (docs/BENCHMARKS.md, convert).</summary>
+    private const long DefaultWritePieceBytes = 8L << 20;
+    private readonly long _chunkSetting;
 
     private ThawEngine(EngineHandle handle, DeviceKind kind, int ordinal, long chunkBytes)
     {
@@ -23,6 +28,7 @@ public sealed class ThawEngine : IDisposable
         Kind = kind;
         Ordinal = ordinal;
         ChunkBytes = chunkBytes > 0 ? chunkBytes : DefaultChunkBytes;
+        _chunkSetting = chunkBytes;
     }
 
     /// <summary>The device this engine restores into.</summary>
@@ -31,6 +37,8 @@ public sealed class ThawEngine : IDisposable
     public int Ordinal { get; }
     /// <summary>The size of the pieces the engine moves at a time.</summary>
     public long ChunkBytes { get; }
+    /// <summary>The pieces a streamed write (convert, freeze from host) cuts regions into.</summary>
+    internal long WritePieceBytes => _chunkSetting > 0 ? _chunkSetting : DefaultWritePieceBytes;
 
     /// <exception cref="ThawDeviceException">No CUDA driver or no such device.</exception>
     public static unsafe ThawEngine Create(DeviceKind kind, int ordinal = 0, EngineSettings? settings = null)
