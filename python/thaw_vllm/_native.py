@@ -95,13 +95,16 @@ def _declare(lib):
     lib.thaw_safetensors_info.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
     lib.thaw_restore.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.POINTER(RestoreStats)]
     lib.thaw_restore_safetensors.argtypes = lib.thaw_restore.argtypes
+    lib.thaw_restore_checked.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p,
+                                         c.POINTER(RestoreStats), c.POINTER(c.c_void_p)]
     lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
     lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
     lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
     for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
-                 "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
+                 "thaw_restore_checked", "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify",
+                 "thaw_crc32c"):
         getattr(lib, name).restype = c.c_int
 
 
@@ -181,6 +184,28 @@ def restore(path, request, names, dtypes, shapes, addresses, capacities, safeten
     fn = lib.thaw_restore_safetensors if safetensors else lib.thaw_restore
     _check(lib, fn(_path(path), ctypes.byref(request), ctypes.byref(tensors.array), ctypes.byref(stats)))
     return stats
+
+
+def restore_checked(path, request, names, dtypes, shapes, addresses, capacities, requirements=None, describe=False):
+    """Checks the destination against the snapshot (names, dtypes, shapes and sizes; with
+    requirements {"strict", "metadata", "missing_hint"} also coverage and metadata) and, unless
+    request is None, restores into it, from one parse of the header. Returns (stats or None,
+    the snapshot's description when describe, else None)."""
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
+    stats = RestoreStats()
+    described = ctypes.c_void_p()
+    text = json.dumps(requirements).encode("utf-8") if requirements else None
+    _check(lib, lib.thaw_restore_checked(_path(path), None if request is None else ctypes.byref(request),
+                                         ctypes.byref(tensors.array), text, ctypes.byref(stats),
+                                         ctypes.byref(described) if describe else None))
+    info = None
+    if describe:
+        try:
+            info = json.loads(ctypes.string_at(described).decode("utf-8"))
+        finally:
+            lib.thaw_free(described)
+    return (None if request is None else stats), info
 
 
 def freeze(path, request, names, dtypes, shapes, addresses, metadata=None, tp_rank=0, tp_world_size=1):

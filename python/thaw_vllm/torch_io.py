@@ -107,6 +107,10 @@ def _nbytes(tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def _nbytes_all(items: list) -> int:
+    return sum(_nbytes(t) for _, t in items)
+
+
 def _staging_batches(staged: list, limit: int) -> list:
     """[(name, destination)] in groups of at most limit bytes (a larger tensor alone)."""
     batches, current, size = [], [], 0
@@ -119,46 +123,107 @@ def _staging_batches(staged: list, limit: int) -> list:
     return batches + ([current] if current else [])
 
 
-def _restore(path, tensors: dict, safetensors: bool, engine_options: dict):
+def _restore(path, tensors: dict, safetensors: bool, engine_options: dict, requirements=None):
     """Restores {name: tensor} from the file, one engine call per device; destinations that
-    are not contiguous go through contiguous staging copies, in bounded batches."""
-    direct, staged, seen_storage = [], [], set()
-    for name, tensor in tensors.items():
-        key = (tensor.device, tensor.data_ptr(), tensor.numel(), tuple(tensor.stride()))
-        if key in seen_storage and tensor.numel() > 0:
-            continue  # the same memory under another name
-        seen_storage.add(key)
-        (direct if tensor.is_contiguous() else staged).append((name, tensor))
+    are not contiguous go through contiguous staging copies, in bounded batches. The bridge
+    checks the destination (names, dtypes, shapes, sizes, and the requirements) from the
+    same parse of the header that plans the restore. Returns (stats, snapshot description);
+    the description is None for safetensors files."""
+    staged = [(n, t) for n, t in tensors.items() if not t.is_contiguous()]
+    strict = bool((requirements or {}).get("strict"))
+    header = None
+    if not safetensors and (len({t.device for t in tensors.values()}) > 1 or _nbytes_all(staged) > STAGING_BATCH_BYTES
+                            or (staged and not strict)):
+        # Several engine calls, or staging for names the snapshot may lack: check the whole
+        # destination once, before any byte moves, and stage only what the snapshot holds.
+        header = _check_call(path, list(tensors.items()), requirements)
+        requirements = {"strict": False}
+        known = {t["name"] for t in header["tensors"]} | set(json.loads(header["metadata"].get(ALIASES_KEY, "{}")))
+        tensors = {n: t for n, t in tensors.items() if n in known}
+        staged = [(n, t) for n, t in tensors.items() if not t.is_contiguous()]
+    direct = [(n, t) for n, t in tensors.items() if t.is_contiguous()]
     batches = _staging_batches(staged, STAGING_BATCH_BYTES)
     total_bytes, total_seconds = 0, 0.0
     for round_index in range(max(1, len(batches))):
         pairs = [(n, torch.empty(t.shape, dtype=t.dtype, device=t.device), t) for n, t in (batches[round_index] if batches else [])]
-        items = [(n, t) for n, t in direct] if round_index == 0 else []
+        items = list(direct) if round_index == 0 else []
         items += [(n, stage) for n, stage, _ in pairs]
-        stats = _restore_call(path, items, safetensors, engine_options)
+        nbytes, seconds, described = _restore_call(path, items, safetensors, engine_options, requirements)
+        header = header or described
         for _, stage, destination in pairs:
             destination.copy_(stage)
-        total_bytes += stats[0]
-        total_seconds += stats[1]
+        total_bytes += nbytes
+        total_seconds += seconds
     gbps = total_bytes / total_seconds / 1e9 if total_seconds > 0 else 0.0
-    return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}
+    return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}, header
 
 
-def _restore_call(path, items: list, safetensors: bool, engine_options: dict):
-    """One engine call per device for [(name, contiguous tensor)]; returns (bytes, seconds)."""
+def _arrays(items: list) -> list:
+    return [[n for n, _ in items], [thaw_dtype(t.dtype) for _, t in items], [list(t.shape) for _, t in items],
+            [t.data_ptr() for _, t in items], [_nbytes(t) for _, t in items]]
+
+
+def _check_call(path, items: list, requirements) -> dict:
+    """Checks a destination without restoring (the bridge's check-only mode); returns the description."""
+    return _native.restore_checked(path, None, *_arrays(items), requirements=requirements, describe=True)[1]
+
+
+def _restore_call(path, items: list, safetensors: bool, engine_options: dict, requirements=None):
+    """One engine call per device for [(name, contiguous tensor)]; returns (bytes, seconds, description)."""
     by_device = {}
     for name, tensor in items:
         by_device.setdefault(tensor.device, []).append((name, tensor))
-    total_bytes, total_seconds = 0, 0.0
+    total_bytes, total_seconds, header = 0, 0.0, None
     for device, group in by_device.items():
-        stats = _native.restore(
-            path, _device_request(device, **engine_options),
-            [n for n, _ in group], [thaw_dtype(t.dtype) for _, t in group],
-            [list(t.shape) for _, t in group], [t.data_ptr() for _, t in group],
-            [_nbytes(t) for _, t in group], safetensors=safetensors)
+        request = _device_request(device, **engine_options)
+        if safetensors:
+            stats = _native.restore(path, request, *_arrays(group), safetensors=True)
+        else:
+            stats, described = _native.restore_checked(path, request, *_arrays(group), requirements=requirements,
+                                                       describe=header is None)
+            header = header or described
         total_bytes += stats.bytes
         total_seconds += stats.seconds
-    return total_bytes, total_seconds
+    return total_bytes, total_seconds, header
+
+
+def _requirements(strict, metadata, missing_hint) -> dict:
+    requirements = {"strict": bool(strict), "metadata": dict(metadata or {})}
+    if missing_hint:
+        requirements["missing_hint"] = missing_hint
+    return requirements
+
+
+def check_destination(module_or_state_dict, path, strict: bool = True, metadata=None, missing_hint=None) -> dict:
+    """The checks of restore_checked without restoring (for bytes another path delivers);
+    returns the snapshot's description."""
+    return _check_call(path, list(_tensors_of(module_or_state_dict).items()), _requirements(strict, metadata, missing_hint))
+
+
+def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, metadata=None, missing_hint=None,
+                    **engine_options):
+    """restore_into that also requires metadata values ({key: value}, None: absent) and
+    returns (stats, the snapshot's description) from the one header parse that checked it."""
+    tensors = _tensors_of(module_or_state_dict)
+    requirements = _requirements(strict, metadata, missing_hint)
+    stats = None
+    if pool:
+        from .pool import PoolUnavailable, restore_tensors
+        header = _check_call(path, list(tensors.items()), requirements)
+        regions = {t["name"] for t in header["tensors"]}
+        try:
+            stats = dict(restore_tensors({n: t for n, t in tensors.items() if n in regions}, path,
+                                         None if pool is True else pool), source="pool")
+        except PoolUnavailable as e:
+            log.info("thaw: %s; restoring from the file", e)
+    if stats is None:
+        stats, header = _restore(path, tensors, False, engine_options, requirements)
+        stats["source"] = "file"
+    # Each region was restored once; aliases not tied to their original get its bytes.
+    copy_untied_aliases(tensors, json.loads(header["metadata"].get(ALIASES_KEY, "{}")))
+    log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)",
+             stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"])
+    return stats, header
 
 
 def snapshot_targets(tensors: dict, path, header, strict: bool = True):
@@ -190,30 +255,16 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     """Restores a snapshot in place into the tensors of a module or a state dict.
 
     Every destination must match the snapshot's dtype and shape; destinations that are not
-    contiguous are filled through contiguous staging copies.
-    With strict, the snapshot (its tensors and their recorded aliases) and the
-    destination must hold the same names. Returns {"bytes", "seconds", "gbps", "source"},
-    source being "pool" or "file" (what served the bytes).
+    contiguous are filled through contiguous staging copies. With strict, the snapshot (its
+    tensors and their recorded aliases) and the destination must hold the same names;
+    without, names the snapshot lacks are left alone. Returns {"bytes", "seconds", "gbps",
+    "source"}, source being "pool" or "file" (what served the bytes).
     engine_options: io ("auto"|"buffered"|"direct"|"zerocopy"), verify (default: when the snapshot
     records checksums; False skips them), threads, chunk_bytes, staging_bytes.
     pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
     holds the snapshot, one log line says so and the file is read instead.
     """
-    tensors = _tensors_of(module_or_state_dict)
-    wanted, aliases = snapshot_targets(tensors, path, info(path), strict)
-    stats = None
-    if pool:
-        from .pool import PoolUnavailable, restore_tensors
-        try:
-            stats = dict(restore_tensors(wanted, path, None if pool is True else pool), source="pool")
-        except PoolUnavailable as e:
-            log.info("thaw: %s; restoring from the file", e)
-    if stats is None:
-        stats = dict(_restore(path, wanted, False, engine_options), source="file")
-    copy_untied_aliases(tensors, aliases)
-    log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)",
-             stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"])
-    return stats
+    return restore_checked(module_or_state_dict, path, strict, pool, **engine_options)[0]
 
 
 def _arena_views(header, device, aligned: bool) -> dict:
@@ -238,7 +289,7 @@ def load_state_dict(path, device="cpu", **engine_options) -> dict:
     """
     header = info(path)
     state = _arena_views(header, torch.device(device), aligned=False)
-    stats = _restore(path, state, False, engine_options)
+    stats, _ = _restore(path, state, False, engine_options)
     log.info("thaw: loaded %d bytes from %s in %.3f s (%.2f GB/s)", stats["bytes"], path, stats["seconds"], stats["gbps"])
     for alias, original in json.loads(header["metadata"].get(ALIASES_KEY, "{}")).items():
         state[alias] = state[original]

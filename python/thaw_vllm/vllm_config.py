@@ -1,6 +1,6 @@
 """What ties a snapshot to one vLLM engine layout: the ranks of a worker, the per-rank file
-name (the convention of docs/FORMAT.md, "Ranks"), and the fingerprint checked before a
-restore."""
+name (the convention of docs/FORMAT.md, "Ranks"), and the fingerprint, which the bridge
+compares with the snapshot's metadata before a restore moves any byte."""
 import hashlib
 import json
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ class Ranks:
         return parts
 
     def describe(self) -> str:
-        return "/".join(self.file_parts()) or "single rank"
+        return "/".join(self.file_parts()) or "0"
 
 
 def parallel_ranks(vllm_config=None) -> Ranks:
@@ -155,16 +155,3 @@ def ranks_metadata(ranks: Ranks) -> dict:
         "tp": [ranks.tp_rank, ranks.tp_world], "pp": [ranks.pp_rank, ranks.pp_world],
         "dp": [ranks.dp_rank, ranks.dp_world], "pcp": [ranks.pcp_rank, ranks.pcp_world],
         "ep": [ranks.ep_rank, ranks.ep_world]}, sort_keys=True)}
-
-
-def check_fingerprint(path, metadata: dict, expected: dict) -> None:
-    """Raises ThawMismatchError naming the first fact that differs."""
-    recorded = {k: v for k, v in metadata.items() if k.startswith(FINGERPRINT_PREFIX)}
-    if not recorded:
-        raise ThawMismatchError(f"{path} was not frozen from vLLM (no {FINGERPRINT_PREFIX}* metadata); "
-                                "freeze it with thaw_vllm.freeze_vllm")
-    for key, value in expected.items():
-        if recorded.get(key) != value:
-            what = key[len(FINGERPRINT_PREFIX):]
-            raise ThawMismatchError(f"{path}: snapshot was frozen with {what}={recorded.get(key)!r}, "
-                                    f"this engine has {what}={value!r}")

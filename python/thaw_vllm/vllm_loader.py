@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from . import torch_io, vllm_capture
-from .errors import ThawError, ThawMismatchError
-from .vllm_config import check_fingerprint, fingerprint, parallel_ranks, rank_file
+from .errors import ThawError
+from .vllm_config import fingerprint, parallel_ranks, rank_file
 
 log = logging.getLogger("thaw_vllm")
 
@@ -167,23 +167,23 @@ def resolve_checkpoint(model_or_path, load_config, revision=None) -> Path:
 
 def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None) -> dict:
     """Restores this rank's file of a snapshot into an already processed model: tensors,
-    then the scalars processing derived. multicast: the extra config's group to join."""
+    then the scalars processing derived. The bridge checks names, dtypes, shapes and the
+    fingerprint against the header before any byte moves. multicast: the extra config's group to join."""
     ranks = parallel_ranks(vllm_config)
     path = rank_file(snapshot, ranks)
-    header = torch_io.info(path)
-    check_fingerprint(path, header["metadata"], fingerprint(vllm_config, model_config, ranks, model, device))
-    if (header["tp_rank"], header["tp_world_size"]) != (ranks.tp_rank, ranks.tp_world):
-        raise ThawMismatchError(f"{path} is tensor-parallel rank {header['tp_rank']} of {header['tp_world_size']}, "
-                                f"this worker is rank {ranks.tp_rank} of {ranks.tp_world}")
     started = time.perf_counter()
+    tensors = vllm_capture.model_tensors(model)
+    checks = dict(strict=True, metadata=fingerprint(vllm_config, model_config, ranks, model, device),
+                  missing_hint="it was not frozen from vLLM: freeze it with thaw_vllm.freeze_vllm")
     if multicast is not None:
         from .multicast import join_from_config, multicast_restore
+        header = torch_io.check_destination(tensors, path, **checks)
         first_worker = not any((ranks.tp_rank, ranks.pp_rank, ranks.dp_rank, ranks.pcp_rank))
         group = join_from_config(multicast, ranks.file_parts(), first_worker)
-        stats = multicast_restore(vllm_capture.model_tensors(model), path, group, strict=True, **options)
+        stats = multicast_restore(tensors, path, group, strict=True, **options)
         served = stats["path"]
     else:
-        stats = torch_io.restore_into(vllm_capture.model_tensors(model), path, strict=True, **options)
+        stats, header = torch_io.restore_checked(tensors, path, **checks, **options)
         served = stats["source"]
     vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started

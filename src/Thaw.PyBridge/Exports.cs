@@ -101,7 +101,33 @@ public static unsafe partial class Exports
     public static int RestoreSafetensors(byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
         Guard(() => RestoreFrom(Snapshot.FromSafetensors(SafetensorsFile.Read(Text(path, "path"))), request, tensors, stats));
 
-    private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats)
+    /// <summary>Checks a destination against a snapshot and restores into it, from one parse of the
+    /// header: <paramref name="requirementsJson"/> (may be null) holds
+    /// <c>{"strict", "metadata", "missing_hint"}</c> (<see cref="DestinationRequirements"/>); alias
+    /// names resolve to their region. With a null <paramref name="request"/> only the checks run
+    /// (for a restore another process carries out, the pool). When <paramref name="infoOut"/> is
+    /// not null it receives the snapshot's description (thaw_snapshot_info's JSON), to release with thaw_free.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_restore_checked")]
+    public static int RestoreChecked(byte* path, EngineRequest* request, TensorArray* tensors, byte* requirementsJson,
+        RestoreStatsOut* stats, byte** infoOut) => Guard(() =>
+    {
+        Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
+        var requirements = requirementsJson == null ? new DestinationRequirements()
+            : DestinationRequirements.Parse(Text(requirementsJson, "requirements"));
+        List<RestoreTarget> targets = DestinationCheck.Resolve(snapshot, Targets(tensors), requirements);
+        if (request == null)
+            RestorePlan.Create(snapshot, targets);
+        else
+            RestoreTargets(snapshot, request, targets, stats);
+        if (infoOut != null)
+            *infoOut = ToNative(SnapshotJson.Describe(snapshot));
+        return 0;
+    });
+
+    private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
+        RestoreTargets(snapshot, request, Targets(tensors), stats);
+
+    private static List<RestoreTarget> Targets(TensorArray* tensors)
     {
         var targets = new List<RestoreTarget>(tensors->Count);
         long* shape = tensors->Shapes;
@@ -117,6 +143,11 @@ public static unsafe partial class Exports
             }
             targets.Add(new RestoreTarget(name, tensors->Addresses[i], tensors->Capacities[i], dtype, dims));
         }
+        return targets;
+    }
+
+    private static int RestoreTargets(Snapshot snapshot, EngineRequest* request, List<RestoreTarget> targets, RestoreStatsOut* stats)
+    {
         ThawEngine engine = Engines.Get(*request);
         RestoreResult r = engine.RestoreInto(snapshot, targets, new RestoreOptions
         {

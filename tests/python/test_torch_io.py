@@ -192,3 +192,18 @@ def test_plain_tensor_attributes_are_captured(tmp_path):
     target.derived = torch.zeros(3)
     thaw_vllm.restore_into(target, path)
     assert torch.equal(target.derived, module.derived) and torch.equal(target.weight, module.weight)
+
+
+def test_a_restore_parses_the_header_once_in_the_bridge(tmp_path, monkeypatch):
+    from thaw_vllm import _native
+    path = tmp_path / "once.thaw"
+    thaw_vllm.freeze({"w": torch.randn(4, 4), "b": torch.randn(3)}, path)
+    calls = []
+    real = _native.restore_checked
+    monkeypatch.setattr(_native, "snapshot_info", lambda p: pytest.fail("restore_into parsed the header in Python"))
+    monkeypatch.setattr(_native, "restore_checked", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    destination = {"w": torch.zeros(4, 4), "b": torch.zeros(3)}
+    thaw_vllm.restore_into(destination, path)
+    assert calls == [path] and destination["w"].abs().sum() > 0
+    with pytest.raises(thaw_vllm.ThawMismatchError, match=r"once.thaw: snapshot and destination differ: missing from the destination 'b'"):
+        thaw_vllm.restore_into({"w": torch.zeros(4, 4)}, path)

@@ -247,7 +247,7 @@ def test_fingerprint_holds_version_gpu_kv_cache_dtype_and_kernel(tmp_path, monke
         kwargs["kv_cache_dtype"] = "fp8"
     else:
         monkeypatch.setenv("VLLM_TEST_FORCE_FP8_MARLIN", "1")
-    with pytest.raises(thaw_vllm.ThawMismatchError, match=f"frozen with {field}="):
+    with pytest.raises(thaw_vllm.ThawMismatchError, match=f"frozen with thaw.vllm.{field}="):
         engine(checkpoint, "thaw", {"snapshot": str(tmp_path / "snap")}, **kwargs)
 
 
