@@ -55,12 +55,11 @@ public sealed class RestorePlan
         IReadOnlyList<ulong>? allocations = null)
     {
         var chosen = new List<(int Region, ulong Address, ulong Allocation)>(targets.Count);
-        var seen = new HashSet<(string, ulong)>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         for (int i = 0; i < targets.Count; i++)
         {
             RestoreTarget target = targets[i];
-            // One region may go to several places (an alias whose destination is not tied), never twice to one.
-            if (!seen.Add((target.Name, target.Address)))
+            if (!seen.Add(target.Name))
                 throw new ThawMismatchException($"{snapshot.Path}: tensor '{target.Name}' is requested twice");
             int region = snapshot.IndexOf(target.Name);
             if (region < 0)
