@@ -2,16 +2,27 @@ using System.Diagnostics;
 
 namespace Thaw.Tests;
 
-/// <summary>The built `thaw` executable (scripts/build.sh), run as a user would run it.</summary>
+/// <summary>The built `thaw` executable, run as a user would run it: the NativeAOT one that
+/// scripts/build.sh publishes, else the same program as this test run's own build made it
+/// (Thaw.Tests references Thaw.Cli), so that a plain `dotnet test` runs these tests too.</summary>
 internal static class ThawCli
 {
-    public static string Path { get; } = System.IO.Path.GetFullPath(System.IO.Path.Combine(
-        TestContext.CurrentContext.TestDirectory, "../../../../../build/publish/cli/thaw"));
+    public static string Path { get; } = Locate();
+
+    private static string Locate()
+    {
+        string testDirectory = TestContext.CurrentContext.TestDirectory;   // tests/Thaw.Tests/bin/<Configuration>/net10.0
+        string repo = System.IO.Path.GetFullPath(System.IO.Path.Combine(testDirectory, "../../../../.."));
+        string published = System.IO.Path.Combine(repo, "build/publish/cli/thaw");
+        string configuration = new DirectoryInfo(testDirectory).Parent!.Name;
+        string built = System.IO.Path.Combine(repo, "src/Thaw.Cli/bin", configuration, "net10.0/thaw");
+        return File.Exists(published) || !File.Exists(built) ? published : built;
+    }
 
     public static void RequireBuilt()
     {
         if (!File.Exists(Path))
-            Assert.Ignore($"{Path} is not built (scripts/build.sh builds it)");
+            Assert.Ignore($"{Path} is not built (scripts/build.sh or dotnet build builds it)");
     }
 
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
