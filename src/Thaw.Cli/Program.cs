@@ -32,7 +32,7 @@ internal static class Program
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) when (e is ThawException or IOException or UnauthorizedAccessException or ArgumentException
-                                      or InvalidOperationException or OperationCanceledException)
+                                      or OperationCanceledException)
         {
             Console.Error.WriteLine($"thaw: error: {e.Message}");
             return 1;

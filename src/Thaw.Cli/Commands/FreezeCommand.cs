@@ -10,7 +10,11 @@ internal sealed class FreezeCommand : Command
     public FreezeCommand() : base("freeze", "snapshot a live vLLM engine's processed weights (in the pip package's thaw, which has vLLM)")
     {
         TreatUnmatchedTokensAsErrors = false;
-        SetAction(int (_) => throw new InvalidOperationException(
-            "thaw freeze needs vLLM: run it from the thaw command of the thaw_vllm wheel (scripts/build_wheel.sh) installed beside vLLM"));
+        SetAction(_ =>
+        {
+            Console.Error.WriteLine("thaw: error: thaw freeze needs vLLM: run it from the thaw command of the thaw_vllm wheel " +
+                "(scripts/build_wheel.sh) installed beside vLLM");
+            return 1;
+        });
     }
 }

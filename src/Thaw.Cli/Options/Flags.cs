@@ -7,12 +7,12 @@ namespace Thaw.Cli.Options;
 /// error naming the option and its range, never a parser's type name.</summary>
 internal static class Flags
 {
-    public static Option<long> Integer(string name, string description, long defaultValue, long min, long max, string? unit = null)
+    public static Option<long> Integer(string name, string description, long defaultValue, long min, long max)
     {
         var option = new Option<long>(name)
         {
             Description = description,
-            HelpName = unit ?? "N",
+            HelpName = "N",
             DefaultValueFactory = _ => defaultValue,
         };
         option.CustomParser = result => ParseInteger(result, name, min, max, defaultValue);
