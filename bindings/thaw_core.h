@@ -170,7 +170,8 @@ typedef struct thawcore_ipc_peer {
 /* Opens a peer's device allocation from its IPC handle, for that peer.
  * CUDA: the 64-byte CUipcMemHandle (cudaIpcMemHandle_t), which only a process that owns the
  * allocation can produce (cuIpcGetMemHandle). Mock: the name (no '/') of a regular file directly
- * inside peer->mock_directory, opened with O_NOFOLLOW and refused unless owned by peer->uid.
+ * inside peer->mock_directory, or its absolute path spelled as the directory + '/' + name; opened
+ * with O_NOFOLLOW and refused unless owned by peer->uid.
  * *address_out is the allocation's start, *length_out the bytes it holds (CUDA:
  * cuMemGetAddressRange of the opened pointer; mock: the file's size), which bound every copy
  * into it. Close it with thawcore_engine_ipc_close. */

@@ -46,6 +46,9 @@ fi
 
 echo "== pytest"
 PYTHON=${THAW_TEST_PYTHON:-/usr/bin/python3}
+# The library just built, not a copy a past wheel build left in python/thaw_vllm/lib.
+export THAW_LIBRARY="$PWD/build/publish/pybridge/libthaw.so"
+rm -f "$logs/pool-attacks.txt"
 $PYTHON -m pytest -q -p no:cacheprovider tests/python 2>&1 | tee "$logs/pytest.log"
 line=$(tail -1 "$logs/pytest.log")
 p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p; s/^([0-9]+) passed.*/\1/p' <<< "$line" | head -1)
@@ -54,6 +57,8 @@ s=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p; s/^([0-9]+) skipped.*/\1/p' <<< "$lin
 e=$(sed -nE 's/.* ([0-9]+) errors?.*/\1/p' <<< "$line" | head -1)
 [ -n "$p$f" ] || broken=1
 count "${p:-0}" "$(( ${f:-0} + ${e:-0} ))" "${s:-0}"
+# The pool attack suite's counts per family (issue 11), written by tests/python/test_pool_attacks.py.
+[ -f "$logs/pool-attacks.txt" ] && cat "$logs/pool-attacks.txt"
 
 [ "$broken" = 0 ] || failed=$((failed + 1))
 echo "all: $passed passed, $failed failed, $skipped skipped"

@@ -84,6 +84,14 @@ int main(void)
     expect_refused(e, directory, "../etc", me, "not a file name");
     expect_refused(e, directory, "/etc/passwd", me, "not a file name");
     expect_refused(e, directory, "..", me, "not a file name");
+    char spelled[600];
+    snprintf(spelled, sizeof spelled, "%s/./arena", directory);
+    expect_refused(e, directory, spelled, me, "not a file name");
+    snprintf(spelled, sizeof spelled, "%s//arena", directory);
+    expect_refused(e, directory, spelled, me, "not a file name");
+    snprintf(spelled, sizeof spelled, "%s/arena", directory); /* the exact path is a name too */
+    CHECK(open_handle(e, directory, spelled, me, &base, &size) == 0 && size == length + 8192);
+    CHECK(thawcore_engine_ipc_close(e, base) == 0);
     char link[512];
     snprintf(link, sizeof link, "%s/link", directory);
     CHECK(symlink(path, link) == 0);

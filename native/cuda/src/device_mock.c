@@ -190,14 +190,21 @@ static int mock_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_l
     const char *directory = peer->mock_directory;
     if (!directory || !directory[0])
         return thaw_fail(-EINVAL, "mock IPC: no directory for shared-memory files was given");
-    char name[NAME_MAX + 1];
-    if (handle_length == 0 || handle_length > NAME_MAX)
+    char text[PATH_MAX];
+    if (handle_length == 0 || handle_length >= sizeof text)
         return thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
                          "a mock IPC handle is a file name of 1 to %d bytes, not %u bytes", NAME_MAX, handle_length);
-    memcpy(name, handle, handle_length);
-    name[handle_length] = '\0';
-    if (strlen(name) != handle_length || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle '%s' is not a file name inside %s", name, directory);
+    memcpy(text, handle, handle_length);
+    text[handle_length] = '\0';
+    /* A name, or the absolute path of a file directly inside the directory, spelled exactly. */
+    const char *name = text;
+    const char *slash = strrchr(text, '/');
+    size_t directory_length = strlen(directory);
+    if (text[0] == '/' && slash && (size_t)(slash - text) == directory_length && memcmp(text, directory, directory_length) == 0)
+        name = slash + 1;
+    if (strlen(text) != handle_length || strlen(name) > NAME_MAX || !name[0] || strchr(name, '/') ||
+        strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock IPC handle '%s' is not a file name inside %s", text, directory);
     int dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0)
         return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "cannot open the shared-memory directory %s: %s", directory, strerror(errno));

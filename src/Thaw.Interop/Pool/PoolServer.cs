@@ -5,9 +5,10 @@ using System.Text.Json;
 namespace Thaw.Interop.Pool;
 
 /// <summary>Serves a <see cref="SnapshotPool"/> on a Unix domain socket: owner-only
-/// permissions, peers checked with SO_PEERCRED, one task per client, and a bad client
-/// (malformed, disconnected, unknown snapshot, unopenable handle) gets an error line
-/// while everyone else is served.</summary>
+/// permissions, peers checked with SO_PEERCRED before a byte is read, one task per client,
+/// connections, request memory and time bounded by <see cref="PoolLimits"/>, and a bad client
+/// (malformed, disconnected, unknown snapshot, unopenable handle, too slow, too big) gets an
+/// error line while everyone else is served.</summary>
 public sealed class PoolServer : IDisposable
 {
     private const int SolSocket = 1, SoPeerCred = 17;
@@ -16,6 +17,11 @@ public sealed class PoolServer : IDisposable
     private readonly Socket _listener = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
     private readonly CancellationTokenSource _stop = new();
     private Task? _acceptLoop;
+    private RequestBudget _budget = null!;
+    private int _connections;
+
+    /// <summary>Memory a parsed request may take per byte of its line (its targets), reserved while it is handled.</summary>
+    private const int ParsingBytesPerLineByte = 4;
 
     /// <param name="allowedUids">Peers served; the server's own user when empty.</param>
     public PoolServer(SnapshotPool pool, string socketPath, IEnumerable<uint>? allowedUids = null)
@@ -37,6 +43,12 @@ public sealed class PoolServer : IDisposable
     /// (files the peer owns, no symbolic links); told to clients by ping.</summary>
     public string SharedMemoryDirectory { get; init; } = PoolProtocol.DefaultSharedMemoryDirectory();
 
+    /// <summary>What clients may hold: connections, request memory, time (docs/POOL.md, "Limits").</summary>
+    public PoolLimits Limits { get; init; } = new();
+
+    /// <summary>Request memory in use across connections (see <see cref="PoolLimits.MaxRequestBytes"/>).</summary>
+    public long RequestBytesInUse => _budget?.Used ?? 0;
+
     /// <summary>Binds the socket and starts accepting clients.</summary>
     public void Start()
     {
@@ -49,7 +61,8 @@ public sealed class PoolServer : IDisposable
         _listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
         if (!OperatingSystem.IsWindows())
             File.SetUnixFileMode(SocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        _listener.Listen(64);
+        _budget = new RequestBudget(Limits.MaxRequestBytes);
+        _listener.Listen(Math.Max(64, Limits.MaxConnections)); // the kernel caps it at somaxconn
         _acceptLoop = Task.Run(AcceptLoop);
     }
 
@@ -76,67 +89,137 @@ public sealed class PoolServer : IDisposable
     private async Task Serve(Socket client)
     {
         using (client)
-        await using (var stream = new NetworkStream(client, ownsSocket: false))
         {
-            var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
-            uint uid = PeerUid(client);
-            bool allowed = _allowedUids.Contains(uid);
-            if (!allowed)
-                Log?.Invoke($"refusing the requests of a client of uid {uid}");
-            var reader = new StreamReader(stream, Encoding.UTF8);
-            while (!_stop.IsCancellationRequested)
+            if (Interlocked.Increment(ref _connections) > Limits.MaxConnections)
             {
-                string? line;
-                try
+                Interlocked.Decrement(ref _connections);
+                await Refuse(client, PoolRefusalException.Busy(
+                    $"the pool serves at most {Limits.MaxConnections} connections at once; retry later"));
+                return;
+            }
+            try
+            {
+                uint uid = PeerUid(client);
+                if (!_allowedUids.Contains(uid))
                 {
-                    line = await ReadLineBounded(reader, _stop.Token);
-                }
-                catch (Exception e) when (e is IOException or OperationCanceledException or InvalidDataException)
-                {
-                    return; // the client went away, or sent an endless line
-                }
-                if (line is null)
-                    return;
-                string response;
-                try
-                {
-                    response = allowed ? Handle(line, new PoolPeer(uid, SharedMemoryDirectory))
-                        : PoolProtocol.Error(new ThawException(ThawErrorKind.InvalidArgument, $"uid {uid} is not served by this pool"));
-                }
-                catch (Exception e)
-                {
-                    response = PoolProtocol.Error(e);
-                }
-                try
-                {
-                    await writer.WriteLineAsync(response);
-                }
-                catch (IOException)
-                {
+                    Log?.Invoke($"refusing the requests of a client of uid {uid}");
+                    await Refuse(client, new ThawException(ThawErrorKind.InvalidArgument, $"uid {uid} is not served by this pool"));
                     return;
                 }
+                await ServeRequests(client, new PoolPeer(uid, SharedMemoryDirectory));
+            }
+            catch (Exception e) when (e is SocketException or IOException or OperationCanceledException or ObjectDisposedException)
+            {
+                // the client went away, or the pool is stopping
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _connections);
             }
         }
     }
 
-    private string Handle(string line, PoolPeer peer)
+    private async Task ServeRequests(Socket client, PoolPeer peer)
     {
-        using JsonDocument document = JsonDocument.Parse(line, new JsonDocumentOptions { MaxDepth = 8 });
-        JsonElement request = document.RootElement;
-        string op = PoolProtocol.Op(request);
+        RequestReader reader;
+        try
+        {
+            reader = new RequestReader(client, _budget, Limits);
+        }
+        catch (PoolRefusalException e)
+        {
+            await Refuse(client, e);
+            return;
+        }
+        using (reader)
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                ReadOnlyMemory<byte>? line;
+                try
+                {
+                    line = await reader.NextAsync(_stop.Token);
+                }
+                catch (PoolRefusalException e)
+                {
+                    Log?.Invoke($"closing a connection of uid {peer.Uid}: {e.Message}");
+                    await Refuse(client, e);
+                    return;
+                }
+                if (line is null)
+                    return;
+                await Send(client, Respond(line.Value.Span, peer), _stop.Token);
+            }
+        }
+    }
+
+    /// <summary>Handles one request; what parsing it takes (its targets) is drawn from the budget too.</summary>
+    private string Respond(ReadOnlySpan<byte> line, PoolPeer peer)
+    {
+        long parsing = (long)line.Length * ParsingBytesPerLineByte;
+        if (!_budget.TryTake(parsing))
+            return PoolProtocol.Error(PoolRefusalException.Busy(
+                $"the pool is short of request memory ({_budget.Used} of {_budget.Limit} bytes in use); retry later"));
+        try
+        {
+            return Handle(PoolRequest.Parse(line), peer);
+        }
+        catch (Exception e)
+        {
+            return PoolProtocol.Error(e);
+        }
+        finally
+        {
+            _budget.Give(parsing);
+        }
+    }
+
+    /// <summary>Tells the client why, then closes; what it still sends is read and dropped
+    /// for a moment so that its own write does not fail before it reads the reason.</summary>
+    private async Task Refuse(Socket client, Exception reason)
+    {
+        try
+        {
+            using var linger = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            linger.CancelAfter(TimeSpan.FromSeconds(1));
+            await Send(client, PoolProtocol.Error(reason), linger.Token);
+            client.Shutdown(SocketShutdown.Send);
+            byte[] sink = new byte[4096];
+            while (await client.ReceiveAsync(sink, SocketFlags.None, linger.Token) > 0)
+            {
+            }
+        }
+        catch (Exception e) when (e is SocketException or IOException or OperationCanceledException or ObjectDisposedException)
+        {
+        }
+    }
+
+    private async Task Send(Socket client, string response, CancellationToken stop)
+    {
+        byte[] bytes = Encoding.UTF8.GetBytes(response + "\n");
+        // A client that never reads its answers must not hold the connection forever either.
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        deadline.CancelAfter(Limits.RequestTimeout);
+        for (int sent = 0; sent < bytes.Length;)
+            sent += await client.SendAsync(bytes.AsMemory(sent), SocketFlags.None, deadline.Token);
+    }
+
+    private string Handle(PoolRequest request, PoolPeer peer)
+    {
+        string op = request.Op;
         switch (op)
         {
             case "ping":
                 return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteString("shm_dir", SharedMemoryDirectory); });
             case "load":
             {
-                PoolEntryInfo info = _pool.Load(PoolProtocol.SnapshotPath(request));
+                PoolEntryInfo info = _pool.Load(request.SnapshotPath());
                 Log?.Invoke($"holding {info.Path} ({info.Bytes} bytes)");
                 return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteString("snapshot", info.Path); w.WriteNumber("bytes", info.Bytes); });
             }
             case "evict":
             {
-                bool evicted = _pool.Evict(PoolProtocol.SnapshotPath(request));
+                bool evicted = _pool.Evict(request.SnapshotPath());
                 return PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteBoolean("evicted", evicted); });
             }
             case "list":
@@ -146,6 +229,8 @@ public sealed class PoolServer : IDisposable
                     w.WriteBoolean("ok", true);
                     w.WriteNumber("budget_bytes", _pool.BudgetBytes);
                     w.WriteNumber("used_bytes", _pool.UsedBytes);
+                    w.WriteNumber("connections", Volatile.Read(ref _connections));
+                    w.WriteNumber("request_bytes", _budget.Used);
                     w.WriteStartArray("snapshots");
                     foreach (PoolEntryInfo e in _pool.List())
                     {
@@ -162,7 +247,7 @@ public sealed class PoolServer : IDisposable
                 });
             case "restore":
             {
-                var result = _pool.Restore(PoolProtocol.SnapshotPath(request), PoolProtocol.ParseTargets(request), peer);
+                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer);
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);
@@ -172,23 +257,6 @@ public sealed class PoolServer : IDisposable
             }
             default:
                 throw new ArgumentException($"unknown op '{(op.Length > 40 ? op[..40] + "..." : op)}'");
-        }
-    }
-
-    private static async Task<string?> ReadLineBounded(StreamReader reader, CancellationToken token)
-    {
-        var line = new StringBuilder();
-        var one = new char[1];
-        while (true)
-        {
-            int n = await reader.ReadAsync(one, token);
-            if (n == 0)
-                return null; // end of stream; a half-sent line is dropped
-            if (one[0] == '\n')
-                return line.ToString();
-            if (line.Length >= PoolProtocol.MaxLineBytes)
-                throw new InvalidDataException("request line too long");
-            line.Append(one[0]);
         }
     }
 

@@ -33,6 +33,7 @@ public sealed unsafe class SnapshotPool : IDisposable
 
     private readonly ThawEngine _device;
     private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Task<Entry>> _loading = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
 
     /// <summary>A pool pinning at most <paramref name="budgetBytes"/> through <paramref name="device"/>'s engine.</summary>
@@ -50,11 +51,14 @@ public sealed unsafe class SnapshotPool : IDisposable
     private static string Key(string path) => Path.GetFullPath(path);
 
     /// <summary>Reads a snapshot into pinned memory (checking every region's CRC32C), evicting
-    /// least recently used snapshots to stay inside the budget. Loading one already held only touches it.</summary>
+    /// least recently used snapshots to stay inside the budget. Loading one already held only
+    /// touches it; loads of one snapshot at once share a single read (the others wait for it).</summary>
     /// <exception cref="ThawException">The snapshot alone is larger than the budget.</exception>
     public PoolEntryInfo Load(string path)
     {
         string key = Key(path);
+        TaskCompletionSource<Entry>? mine = null;
+        Task<Entry> loading;
         lock (_lock)
         {
             if (_entries.TryGetValue(key, out Entry? held))
@@ -62,7 +66,39 @@ public sealed unsafe class SnapshotPool : IDisposable
                 held.LastUsed = DateTime.UtcNow;
                 return Info(key, held);
             }
+            if (!_loading.TryGetValue(key, out loading!))
+            {
+                mine = new TaskCompletionSource<Entry>(TaskCreationOptions.RunContinuationsAsynchronously);
+                _loading[key] = loading = mine.Task;
+            }
         }
+        if (mine is null)
+        {
+            Entry shared = loading.GetAwaiter().GetResult(); // the first loader's error, if it failed
+            lock (_lock)
+                return Info(key, shared);
+        }
+        try
+        {
+            Entry entry = ReadAndInsert(key);
+            mine.SetResult(entry);
+            lock (_lock)
+                return Info(key, entry);
+        }
+        catch (Exception e)
+        {
+            mine.SetException(e);
+            throw;
+        }
+        finally
+        {
+            lock (_lock)
+                _loading.Remove(key);
+        }
+    }
+
+    private Entry ReadAndInsert(string key)
+    {
         Snapshot snapshot = SnapshotReader.Read(key);
         if (snapshot.DataLength > BudgetBytes)
             throw new ThawException(ThawErrorKind.OutOfHostMemory,
@@ -89,8 +125,8 @@ public sealed unsafe class SnapshotPool : IDisposable
                 Release(victim.Key, victim.Value);
             }
             var entry = new Entry(snapshot, buffer);
-            _entries[key] = entry;
-            return Info(key, entry);
+            _entries.Add(key, entry); // one loader per key: nothing is replaced, nothing leaks
+            return entry;
         }
     }
 

@@ -14,6 +14,11 @@ internal sealed class PoolServeCommand : Command
     private readonly Option<long> _budgetMib = Flags.Integer("--budget-mib", "pinned memory the pool may hold", 32 << 10, 1, 1L << 30);
     private readonly Option<string> _allowUids = Flags.Text("--allow-uids", "other users allowed to connect, comma-separated", "U,V");
     private readonly Option<string> _shmDir = Flags.Text("--shm-dir", $"where mock clients make their shared files (default: {PoolProtocol.DefaultSharedMemoryDirectory()})", "DIR");
+    private static readonly PoolLimits Defaults = new();
+    private readonly Option<long> _maxConnections = Flags.Integer("--max-connections", "connections served at once; more are told to retry", Defaults.MaxConnections, 1, 65536);
+    private readonly Option<long> _maxRequestMib = Flags.Integer("--max-request-mib", "memory for requests being read, summed over connections", Defaults.MaxRequestBytes >> 20, 1, 1L << 20);
+    private readonly Option<long> _requestTimeout = Flags.Integer("--request-timeout-s", "seconds a request may take to arrive (and its answer to be read)", (long)Defaults.RequestTimeout.TotalSeconds, 1, 86400);
+    private readonly Option<long> _idleTimeout = Flags.Integer("--idle-timeout-s", "seconds a connection may stay silent between requests", (long)Defaults.IdleTimeout.TotalSeconds, 1, 7 * 86400);
 
     public PoolServeCommand() : base("serve", "hold snapshots in pinned memory and serve restores until SIGINT or SIGTERM")
     {
@@ -23,6 +28,10 @@ internal sealed class PoolServeCommand : Command
         Add(_budgetMib);
         Add(_allowUids);
         Add(_shmDir);
+        Add(_maxConnections);
+        Add(_maxRequestMib);
+        Add(_requestTimeout);
+        Add(_idleTimeout);
         _allowUids.Validators.Add(result =>
         {
             string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
@@ -46,6 +55,13 @@ internal sealed class PoolServeCommand : Command
         {
             Log = line => Console.Error.WriteLine($"thaw pool: {line}"),
             SharedMemoryDirectory = shmDir,
+            Limits = new PoolLimits
+            {
+                MaxConnections = (int)parse.GetValue(_maxConnections),
+                MaxRequestBytes = parse.GetValue(_maxRequestMib) << 20,
+                RequestTimeout = TimeSpan.FromSeconds(parse.GetValue(_requestTimeout)),
+                IdleTimeout = TimeSpan.FromSeconds(parse.GetValue(_idleTimeout)),
+            },
         };
         server.Start();
         Console.Out.WriteLine($"thaw pool: serving on {socket} ({device.ToString().ToLowerInvariant()}:{ordinal}, budget {Units.Size(budget)}); Ctrl-C or SIGTERM stops");

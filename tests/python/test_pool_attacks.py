@@ -1,0 +1,570 @@
+"""The pool attack suite (issue 11): hostile clients against a real `thaw pool serve --device mock`.
+
+Each family runs against its own server. After the family, a good client must restore
+bit-exactly within a second and the server's RSS must come back near where it started.
+Per family the suite counts cases tried, crashes (the server died), hangs (no answer in
+time), leaks (RSS not back) and wrong acceptances (a hostile request served, or a file
+outside the client's own changed); the counts go to build/test-logs/pool-attacks.txt,
+which scripts/test.sh prints."""
+import base64
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import thaw_vllm
+
+REPO = Path(__file__).resolve().parents[2]
+THAW = REPO / "build" / "publish" / "cli" / "thaw"
+REPORT = REPO / "build" / "test-logs" / "pool-attacks.txt"
+RSS_SLACK = 48 << 20     # "near its start": GC heaps and allocator caches may keep this much
+ANSWER_TIMEOUT = 10.0    # a hostile case without an answer in this long counts as a hang
+COUNTS = {}
+
+
+def kib(n):
+    return n << 10
+
+
+class Pool:
+    """A `thaw pool serve --device mock` process, its shared-memory directory and one snapshot."""
+
+    def __init__(self, root: Path, snapshot: Path, *extra):
+        self.root = root
+        self.shm = Path(tempfile.mkdtemp(prefix="thaw-attack-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        os.chmod(self.shm, 0o1777)  # like /dev/shm itself: every uid may make its files here
+        self.socket = self.shm / "pool.sock"
+        self.snapshot = snapshot
+        self.process = subprocess.Popen(
+            [str(THAW), "pool", "serve", "--socket", str(self.socket), "--device", "mock", "--budget-mib", "256",
+             "--shm-dir", str(self.shm), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(200):
+            if self.socket.exists():
+                break
+            time.sleep(0.05)
+        assert self.socket.exists(), "the pool did not start"
+        header = thaw_vllm.info(snapshot)
+        self.size = header["file_length"] - header["data_offset"]
+        self.tensors = header["tensors"]
+        assert self.call({"op": "load", "snapshot": str(snapshot)})["ok"]
+        self.good_restore()  # warm: the first restore's one-time costs are not a leak
+        time.sleep(0.2)
+        self.start_rss = self.rss()
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def rss(self):
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+        raise AssertionError("no VmRSS")
+
+    def connect(self, timeout=ANSWER_TIMEOUT):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                s.connect(str(self.socket))
+                return s
+            except BlockingIOError:  # the listen backlog is full for a moment: a real client waits too
+                if time.monotonic() > deadline:
+                    raise socket.timeout("the pool accepted no connection in time")
+                time.sleep(0.01)
+
+    def send_line(self, data: bytes, timeout=ANSWER_TIMEOUT):
+        """Sends one raw line, returns the parsed answer; None if the pool closed without one."""
+        with self.connect(timeout) as s:
+            s.sendall(data + b"\n")
+            return read_answer(s)
+
+    def call(self, message, timeout=ANSWER_TIMEOUT):
+        return self.send_line(json.dumps(message).encode(), timeout)
+
+    def shared_file(self, size=None, name=None):
+        path = self.shm / (name or f"dest-{os.urandom(6).hex()}")
+        with open(path, "wb") as f:
+            f.truncate(self.size if size is None else size)
+        return path
+
+    def targets(self, handle: str, edit=None):
+        out = []
+        for i, t in enumerate(self.tensors):
+            target = {"name": t["name"], "handle": base64.b64encode(handle.encode()).decode(),
+                      "offset": t["offset"], "capacity": t["length"]}
+            if edit and i == 0:
+                edit(target, t)
+            out.append(target)
+        return out
+
+    def restore(self, handle, edit=None, timeout=ANSWER_TIMEOUT):
+        return self.call({"op": "restore", "snapshot": str(self.snapshot), "targets": self.targets(handle, edit)}, timeout)
+
+    def good_restore(self):
+        """A good client: restores into a file of its own, checks every byte, within a second."""
+        path = self.shared_file()
+        started = time.monotonic()
+        answer = self.restore(path.name, timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert answer and answer["ok"], answer
+        assert elapsed < 1.0, f"a good restore took {elapsed:.2f} s"
+        data = path.read_bytes()
+        path.unlink()
+        return all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[self.snapshot][t["name"]] for t in self.tensors)
+
+    def wait_for_connections(self, count, seconds=5):
+        """Until the pool counts this many open connections (the asking one included)."""
+        deadline = time.monotonic() + seconds
+        while self.call({"op": "status"})["connections"] > count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def settle_rss(self):
+        """The RSS once it stops falling (up to 5 s): allocator caches and the GC return memory lazily."""
+        rss = self.rss()
+        for _ in range(25):
+            if rss <= self.start_rss + RSS_SLACK:
+                break
+            time.sleep(0.2)
+            rss = self.rss()
+        return rss
+
+    def stop(self):
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.shm)
+
+
+def read_answer(s):
+    reply = b""
+    try:
+        while not reply.endswith(b"\n"):
+            part = s.recv(1 << 16)
+            if not part:
+                break
+            reply += part
+    except ConnectionResetError:
+        pass
+    return json.loads(reply) if reply.endswith(b"\n") else None
+
+
+EXPECTED = {}
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    if not THAW.is_file():
+        pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
+    path = tmp_path_factory.mktemp("attacks") / "m.thaw"
+    torch.manual_seed(11)
+    state = {"a": torch.randn(3000, 7), "b": torch.arange(5000, dtype=torch.int64), "c": torch.randn(64, 64).half()}
+    thaw_vllm.freeze(state, path)
+    EXPECTED[path] = {n: t.reshape(-1).view(torch.uint8).numpy().tobytes() for n, t in state.items()}
+    return path
+
+
+class Family:
+    """Counts the cases of one family and checks the server after it."""
+
+    def __init__(self, name, pool):
+        self.name, self.pool = name, pool
+        self.counts = {"cases": 0, "crashes": 0, "hangs": 0, "leaks": 0, "wrong acceptances": 0}
+        self.notes = []
+
+    def check(self, what, ok, failure="wrong acceptances"):
+        """One case: ok is the right outcome; otherwise it counts as a failure of that kind."""
+        self.counts["cases"] += 1
+        if not ok:
+            self.counts[failure] += 1
+            self.notes.append(f"{failure}: {what}")
+        if not self.pool.alive():
+            self.counts["crashes"] += 1
+            self.notes.append(f"crash after: {what}")
+            raise AssertionError(f"{self.name}: the pool died after {what}: {self.pool.process.stderr.read().decode()[-2000:]}")
+
+    def refused(self, what, answer):
+        """A hostile request must get an error answer, or a closed connection; never ok."""
+        self.check(what, not (answer and answer.get("ok")))
+
+    def finish(self):
+        pool = self.pool
+        try:
+            assert pool.alive(), f"{self.name}: the pool died"
+            if not pool.good_restore():
+                self.counts["wrong acceptances"] += 1
+                self.notes.append("the good client's bytes differ")
+            rss = pool.settle_rss()
+            if rss > pool.start_rss + RSS_SLACK:
+                self.counts["leaks"] += 1
+                self.notes.append(f"RSS {rss >> 20} MiB after, {pool.start_rss >> 20} MiB before")
+        except (socket.timeout, TimeoutError):
+            self.counts["hangs"] += 1
+            self.notes.append("the good client was not served within a second")
+        finally:
+            COUNTS[self.name] = dict(self.counts, rss_before_mib=pool.start_rss >> 20, rss_after_mib=pool.rss() >> 20 if pool.alive() else -1)
+            write_report()
+        bad = {k: v for k, v in self.counts.items() if k != "cases" and v}
+        assert not bad, f"{self.name}: {bad}: {self.notes}"
+        assert self.counts["cases"] > 0
+
+
+def write_report():
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["pool attack suite (tests/python/test_pool_attacks.py): per family, cases tried / crashes / hangs / leaks / wrong acceptances"]
+    for name, c in COUNTS.items():
+        lines.append(f"  {name:28} {c['cases']:4} cases  {c['crashes']} crashes  {c['hangs']} hangs  {c['leaks']} leaks  "
+                     f"{c['wrong acceptances']} wrong acceptances  (RSS {c['rss_before_mib']} -> {c['rss_after_mib']} MiB)")
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def serve(tmp_path, snapshot):
+    """Starts a pool with extra `thaw pool serve` arguments; stops it after the test."""
+    started = []
+
+    def start(*extra):
+        started.append(Pool(tmp_path, snapshot, *extra))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def pool(serve):
+    return serve()
+
+
+def test_malformed_and_unknown_requests(pool):
+    f = Family("malformed and unknown", pool)
+    path = str(pool.snapshot)
+    lines = [b"", b"this is not json", b"{", b"}", b"[]", b"[1,2]", b"null", b"42", b'"ping"', b"{}",
+             b'{"op":null}', b'{"op":7}', b'{"op":["ping"]}', b'{"op":"dance"}', b'{"op":"PING"}', b'{"op":""}',
+             b'{"op":"' + b"x" * 5000 + b'"}', b'{"op":"ping"} {"op":"ping"}', b'{"op":"ping","op":"status"}',
+             b'{"op":"\\ud800"}', b'{"op":"pi\\u0000ng"}', b'{"op":"\xff\xfe"}', b"\x00\x01\x02",
+             b"[" * 100 + b"]" * 100, b'{"a":' * 50 + b"1" + b"}" * 50,
+             b'{"op":"load"}', b'{"op":"load","snapshot":7}', b'{"op":"load","snapshot":"relative.thaw"}',
+             b'{"op":"load","snapshot":"/no/such/file.thaw"}', b'{"op":"load","snapshot":"/etc/passwd"}',
+             b'{"op":"load","snapshot":"/dev/zero"}', b'{"op":"load","snapshot":"/proc/self/mem"}',
+             b'{"op":"evict"}', b'{"op":"restore"}',
+             json.dumps({"op": "restore", "snapshot": path}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": 7}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": [7]}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": [{}]}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": [{"name": "a"}]}).encode(),
+             json.dumps({"op": "restore", "snapshot": path + "x", "targets": []}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": pool.targets("x", lambda t, _: t.update(name="nope"))}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": pool.targets("x", lambda t, _: t.update(handle="!!notbase64"))}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": pool.targets("x", lambda t, _: t.update(handle=""))}).encode(),
+             json.dumps({"op": "restore", "snapshot": path, "targets": pool.targets("x") + pool.targets("x")[:1]}).encode()]
+    for line in lines:
+        try:
+            f.refused(repr(line[:60]), pool.send_line(line))
+        except socket.timeout:
+            f.check(repr(line[:60]), False, "hangs")
+    # Many requests on one connection, bad and good interleaved: each gets its own answer in order.
+    with pool.connect() as s:
+        for i in range(50):
+            s.sendall(b"garbage\n" if i % 2 else b'{"op":"ping"}\n')
+            answer = read_answer_line(s)
+            f.check(f"pipelined request {i}", answer and answer["ok"] == (i % 2 == 0))
+    f.finish()
+
+
+def read_answer_line(s):
+    data = b""
+    while not data.endswith(b"\n"):
+        part = s.recv(1)
+        if not part:
+            return None
+        data += part
+    return json.loads(data)
+
+
+NUMBERS = ["-1", "-9223372036854775808", "9223372036854775808", "18446744073709551615", "18446744073709551616",
+           "1e400", "-1e400", "1.5", "0.0", "1e3", "1E3", "-0.5", "\"12\"", "null", "true", "[]", "{}", "0x10", "NaN",
+           "Infinity", "01", "+1", "1" + "0" * 400]
+
+
+def test_integer_edge_values_for_every_numeric_field(pool):
+    f = Family("integer edge values", pool)
+    dest = pool.shared_file()
+    name = base64.b64encode(dest.name.encode()).decode()
+    for field in ("offset", "capacity"):
+        for value in NUMBERS:
+            targets = []
+            for i, t in enumerate(pool.tensors):
+                fields = {"offset": str(t["offset"]), "capacity": str(t["length"])}
+                if i == 0:
+                    fields[field] = value
+                targets.append(f'{{"name":"{t["name"]}","handle":"{name}","offset":{fields["offset"]},"capacity":{fields["capacity"]}}}')
+            line = f'{{"op":"restore","snapshot":{json.dumps(str(pool.snapshot))},"targets":[{",".join(targets)}]}}'.encode()
+            f.refused(f"{field} = {value}", pool.send_line(line))
+    # Values that parse but do not fit: at, past and far past the end of the allocation.
+    size = pool.size
+    for offset, capacity in [(2**63 - 1, None), (2**63 - 10, 2**63 - 1), (size, None), (size - 1, None), (0, size + 1),
+                             (0, 2**63 - 1), (2**62, 2**62), (0, 0), (0, 1)]:
+        answer = pool.restore(dest.name, lambda t, tensor: t.update(offset=offset, capacity=capacity if capacity is not None else tensor["length"]))
+        f.refused(f"offset {offset} capacity {capacity}", answer)
+    f.check("nothing written by the refused restores", not any(dest.read_bytes()))
+    f.finish()
+
+
+def test_handles_naming_files_outside_the_allowed_place(pool, tmp_path):
+    f = Family("handles outside the directory", pool)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"\0" * pool.size)
+    (pool.shm / "link").symlink_to(victim)
+    (pool.shm / "dirlink").symlink_to(tmp_path)
+    (pool.shm / "sub").mkdir()
+    os.mkfifo(pool.shm / "fifo")
+    pool.shared_file(size=0, name="empty")
+    handles = [str(victim), f"{pool.shm}/../{victim.name}", f"../{tmp_path.name}/victim", "link", f"{pool.shm}/link",
+               "dirlink/victim", "sub", "fifo", "empty", ".", "..", "/", "/dev/zero", "/dev/shm", "/etc/passwd",
+               "/proc/self/mem", f"{pool.shm}//link", f"{pool.shm}/./link", "missing", "a\0b", "x" * 300, "/" * 4096]
+    for handle in handles:
+        f.refused(f"handle {handle[:50]!r}", pool.restore(handle))
+    f.check("the victim outside is untouched", not any(victim.read_bytes()))
+    f.finish()
+
+
+def test_offsets_and_capacities_past_the_target(pool):
+    f = Family("offsets past the target", pool)
+    small = pool.shared_file(size=100)
+    f.refused("a tensor larger than the whole file", pool.restore(small.name))
+    exact = pool.shared_file(size=pool.size - 1)
+    f.refused("a file one byte short", pool.restore(exact.name))
+    # A client that shrinks its file while the pool writes it: no SIGBUS, the pool serves on.
+    racing = pool.shared_file()
+    stop = threading.Event()
+
+    def shrink():
+        while not stop.is_set():
+            os.truncate(racing, 0)
+            os.truncate(racing, pool.size)
+
+    shrinker = threading.Thread(target=shrink)
+    shrinker.start()
+    try:
+        for i in range(30):
+            answer = pool.restore(racing.name)
+            f.check(f"restore into a file being truncated ({i})", answer is not None, "hangs")
+    finally:
+        stop.set()
+        shrinker.join()
+    f.finish()
+
+
+def test_concurrent_duplicate_loads(pool, snapshot, tmp_path):
+    f = Family("concurrent duplicate loads", pool)
+    big = tmp_path / "big.thaw"
+    thaw_vllm.freeze({"w": torch.zeros(8 << 20, dtype=torch.uint8)}, big)  # 8 MiB
+    for round in range(3):
+        answers = []
+
+        def load():
+            answers.append(pool.call({"op": "load", "snapshot": str(big)}))
+
+        threads = [threading.Thread(target=load) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, a in enumerate(answers):
+            f.check(f"round {round} load {i}", a is not None and a["ok"], "hangs")  # these must succeed
+        held = [s for s in pool.call({"op": "status"})["snapshots"] if s["snapshot"] == str(big)]
+        f.check(f"round {round}: one entry held", len(held) == 1)
+        rss = pool.rss()
+        f.check(f"round {round}: RSS {rss >> 20} MiB holds one copy", rss <= pool.start_rss + (8 << 20) + RSS_SLACK, "leaks")
+        assert pool.call({"op": "evict", "snapshot": str(big)})["evicted"]
+    f.finish()
+
+
+def test_many_long_lines_at_once(serve):
+    pool = serve("--max-request-mib", "128")
+    f = Family("many long lines at once", pool)
+    chunk = b"x" * kib(256)
+    sockets, refused = [], 0
+    for i in range(24):  # 24 lines of 16 MiB against 128 MiB of request memory
+        s = pool.connect(timeout=5)
+        sockets.append(s)
+    for _ in range(64):
+        for s in list(sockets):
+            try:
+                s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                sockets.remove(s)
+                refused += 1
+    peak = pool.rss()
+    f.check(f"RSS while 24 lines of 16 MiB arrive: {peak >> 20} MiB", peak <= pool.start_rss + (128 << 20) * 2 + RSS_SLACK, "leaks")
+    for s in sockets:
+        s.settimeout(0.5)
+        try:
+            answer = read_answer(s)
+        except socket.timeout:
+            answer = None
+        if answer is not None and not answer["ok"] and "short of request memory" in answer["error"]:
+            refused += 1
+        s.close()
+    f.check(f"connections refused for memory: {refused} of 24", refused > 0)
+    # One line over the 64 MiB cap: refused as it passes it, not buffered whole.
+    with pool.connect(timeout=30) as s:
+        try:
+            for _ in range(257):
+                s.sendall(chunk)
+            s.sendall(b"\n")
+            answer = read_answer(s)
+        except (BrokenPipeError, ConnectionResetError):
+            answer = None
+        f.refused("a line over 64 MiB", answer)
+    f.finish()
+
+
+def test_clients_that_stall_or_vanish(serve):
+    pool = serve("--request-timeout-s", "2", "--idle-timeout-s", "3", "--max-connections", "16")
+    f = Family("stalling and vanishing", pool)
+    # One byte a second: cut off at the request deadline, while a good client is served meanwhile.
+    slow = pool.connect(timeout=10)
+    started = time.monotonic()
+    answer = None
+    try:
+        for byte in b'{"op":"status"}':
+            slow.sendall(bytes([byte]))
+            if time.monotonic() - started > 1.2 and time.monotonic() - started < 1.5:
+                f.check("a good client while one trickles", pool.good_restore())
+            time.sleep(0.25)
+        slow.sendall(b"\n")
+        answer = read_answer(slow)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    cut = time.monotonic() - started
+    slow.close()
+    f.check(f"one byte every 0.25 s: cut off after {cut:.1f} s", (answer is None or not answer["ok"]) and cut < 6, "hangs")
+    # Silent connections: closed at the idle deadline.
+    idle = pool.connect(timeout=10)
+    started = time.monotonic()
+    answer = read_answer(idle)
+    idle.close()
+    f.check("an idle connection", answer is not None and not answer["ok"] and time.monotonic() - started < 6, "hangs")
+    # All connection slots held: the next is told so at once; freed slots serve again.
+    pool.wait_for_connections(1)  # the connections above have all been let go
+    held = [pool.connect() for _ in range(16)]
+    for i, s in enumerate(held):  # each answered once: each is being served, holding its slot
+        s.sendall(b'{"op":"ping"}\n')
+        f.check(f"connection {i} under the cap", (read_answer_line(s) or {}).get("ok"))
+    answer = pool.call({"op": "ping"}, timeout=5)
+    f.check(f"a connection over the cap: {answer}", answer is not None and not answer["ok"])
+    for s in held:
+        s.close()
+    time.sleep(0.3)
+    # A client that sends requests and never reads the answers.
+    deaf = pool.connect()
+    try:
+        for _ in range(20000):
+            deaf.sendall(b'{"op":"status"}\n')
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    deaf.close()
+    f.check("a client that never reads", True)
+    # Vanishing: half a line, a whole request then gone before the answer, a reset mid-line.
+    for what, data in [("half a line", json.dumps({"op": "restore", "snapshot": str(pool.snapshot)}).encode()[:20]),
+                       ("a request then gone", json.dumps({"op": "restore", "snapshot": str(pool.snapshot),
+                                                           "targets": pool.targets(pool.shared_file().name)}).encode() + b"\n"),
+                       ("connect and close", b"")]:
+        for _ in range(20):
+            s = pool.connect()
+            s.sendall(data)
+            s.close()
+        f.check(what, True)
+    for _ in range(20):
+        s = pool.connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        s.sendall(b'{"op":"sta')
+        s.close()
+    f.check("reset mid-line", True)
+    time.sleep(0.3)
+    f.finish()
+
+
+CHILD = r"""
+import base64, json, os, socket, sys
+sock, shm, snapshot, targets = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+def call(message):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(sock)
+        s.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+    return json.loads(data) if data else None
+out = {"uid": os.getuid(), "status": call({"op": "status"})}
+mine = os.path.join(shm, "child-file")
+with open(mine, "wb") as f:
+    f.truncate(int(sys.argv[5]))
+for t in targets:
+    t["handle"] = base64.b64encode(sys.argv[6].encode()).decode()
+out["root_file"] = call({"op": "restore", "snapshot": snapshot, "targets": targets})
+for t in targets:
+    t["handle"] = base64.b64encode(b"child-file").decode()
+out["own_file"] = call({"op": "restore", "snapshot": snapshot, "targets": targets})
+print(json.dumps(out))
+"""
+
+
+def run_as(uid, pool, root_file):
+    targets = pool.targets("x")
+    result = subprocess.run([sys.executable, "-c", CHILD, str(pool.socket), str(pool.shm), str(pool.snapshot),
+                             json.dumps(targets), str(pool.size), root_file.name],
+                            user=uid, group=uid, cwd=pool.shm, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid (CI runs as root)")
+def test_another_uid(pool, tmp_path):
+    f = Family("another uid", pool)
+    os.chmod(pool.socket, 0o666)  # let the other uid reach the socket: the peer check must stop it
+    os.chmod(pool.snapshot.parent, 0o755)
+    root_file = pool.shared_file()
+    out = run_as(65534, pool, root_file)
+    f.refused("uid 65534 not allowed: status", out["status"])
+    f.refused("uid 65534 not allowed: restore", out["own_file"])
+    f.check("a refused peer's bytes are never read", "not served" in (out["status"] or {}).get("error", ""))
+    f.finish()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid (CI runs as root)")
+def test_another_uid_reaches_only_its_own_files(serve):
+    pool = serve("--allow-uids", "0,65534")
+    f = Family("allowed uid, other's files", pool)
+    os.chmod(pool.socket, 0o666)
+    root_file = pool.shared_file()
+    out = run_as(65534, pool, root_file)
+    f.check("uid 65534 allowed: status", out["status"] and out["status"]["ok"])
+    f.refused("uid 65534 targets root's file", out["root_file"])
+    f.check("root's file untouched", not any(root_file.read_bytes()))
+    own = out["own_file"]
+    data = (pool.shm / "child-file").read_bytes()
+    exact = all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[pool.snapshot][t["name"]] for t in pool.tensors)
+    f.check("uid 65534 restores into its own file", own and own["ok"] and exact)
+    f.finish()
