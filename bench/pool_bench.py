@@ -41,7 +41,7 @@ def main():
     try:
         for _ in range(200):
             try:
-                pool.request({"op": "ping"}, socket_path)
+                pool.status(socket_path)
                 break
             except pool.PoolUnavailable:
                 time.sleep(0.05)

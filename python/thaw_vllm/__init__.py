@@ -6,7 +6,7 @@ stream of large aligned reads into pinned memory and asynchronous copies to the 
 from ._native import convert, verify
 from ._native import snapshot_info as info
 from .errors import (ThawCanceledError, ThawChecksumError, ThawDeviceError, ThawError,
-                     ThawFormatError, ThawMismatchError, ThawOutOfMemoryError)
+                     ThawFormatError, ThawMismatchError, ThawOutOfMemoryError, ThawPoolUnavailable)
 
 __version__ = "0.1.0"
 
@@ -38,5 +38,5 @@ __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "free
            "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
            "freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts",
            "freeze_kv", "restore_kv", "kv_info",
-           "ThawError", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
+           "ThawError", "ThawPoolUnavailable", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

@@ -49,7 +49,16 @@ class RestoreStats(ctypes.Structure):
         ("seconds", ctypes.c_double),
         ("io_mode", ctypes.c_int32),
         ("threads", ctypes.c_int32),
+        ("source", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
+
+    # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.
+    SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill"}
+
+    @property
+    def source_name(self) -> str:
+        return self.SOURCES.get(self.source, "file")
 
 
 _lock = threading.Lock()
@@ -100,11 +109,13 @@ def _declare(lib):
     lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
     lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
+    lib.thaw_pool_restore.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.POINTER(RestoreStats)]
+    lib.thaw_pool_call.argtypes = [c.c_char_p, c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
     lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
-    for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore",
-                 "thaw_restore_checked", "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify",
-                 "thaw_crc32c"):
+    for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_pool_restore", "thaw_pool_call",
+                 "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore", "thaw_restore_checked",
+                 "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
         getattr(lib, name).restype = c.c_int
 
 
@@ -121,14 +132,19 @@ def _path(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
 
-def _describe(function_name, path) -> dict:
-    lib = library()
+def _json_out(lib, call) -> dict:
+    """Runs call(out) of an export that returns JSON in memory released with thaw_free."""
     out = ctypes.c_void_p()
-    _check(lib, getattr(lib, function_name)(_path(path), ctypes.byref(out)))
+    _check(lib, call(ctypes.byref(out)))
     try:
         return json.loads(ctypes.string_at(out).decode("utf-8"))
     finally:
         lib.thaw_free(out)
+
+
+def _describe(function_name, path) -> dict:
+    lib = library()
+    return _json_out(lib, lambda out: getattr(lib, function_name)(_path(path), out))
 
 
 def snapshot_info(path) -> dict:
@@ -206,6 +222,23 @@ def restore_checked(path, request, names, dtypes, shapes, addresses, capacities,
         finally:
             lib.thaw_free(described)
     return (None if request is None else stats), info
+
+
+def pool_restore(socket, path, request, names, dtypes, shapes, addresses, capacities) -> RestoreStats:
+    """Restores through a pool (socket None: the default one); raises ThawPoolUnavailable to fall back."""
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
+    stats = RestoreStats()
+    _check(lib, lib.thaw_pool_restore(None if socket is None else _path(socket), _path(path), ctypes.byref(request),
+                                      ctypes.byref(tensors.array), ctypes.byref(stats)))
+    return stats
+
+
+def pool_call(socket, op, snapshot=None) -> dict:
+    """A pool's answer to load, evict or status (docs/POOL.md)."""
+    lib = library()
+    return _json_out(lib, lambda out: lib.thaw_pool_call(None if socket is None else _path(socket), op.encode("ascii"),
+                                                         None if snapshot is None else _path(snapshot), out))
 
 
 def freeze(path, request, names, dtypes, shapes, addresses, metadata=None, tp_rank=0, tp_world_size=1):

@@ -29,6 +29,11 @@ class ThawCanceledError(ThawError):
     """The operation was cancelled."""
 
 
+class ThawPoolUnavailable(ThawError):
+    """No pool served the restore (none listening, the snapshot not held, the pool gone
+    mid-restore): restore from the file instead."""
+
+
 # libthaw returns -kind; the values are ThawErrorKind in src/Thaw.Interop/ThawException.cs.
 _BY_KIND = {
     1: ThawError,
@@ -43,6 +48,7 @@ _BY_KIND = {
     10: ThawOutOfMemoryError,
     11: ThawOutOfMemoryError,
     12: ThawCanceledError,
+    13: ThawPoolUnavailable,
 }
 
 

@@ -1,81 +1,61 @@
-"""Client of `thaw pool serve` (docs/POOL.md): restores by asking the pool, which holds the
-snapshot in pinned host memory, to copy it into this process's GPU memory through CUDA
-IPC handles. The bytes never pass through this process."""
-import base64
-import json
+"""Restores through `thaw pool` (docs/POOL.md), which holds snapshots in pinned host memory and
+copies them into this process's GPU memory by CUDA IPC handle. A thin call into libthaw: this
+process hands over device pointers only; the pool client, the protocol and the IPC handles (the
+core's own, on the base of each allocation) live in src/Thaw.Interop/Pool. The bytes never pass
+through this process, and the memory stays torch's to free."""
 import logging
-import os
-import socket as sockets
-from pathlib import Path
 
 from . import _native
-from .errors import from_code
+from .errors import ThawPoolUnavailable as PoolUnavailable
 
 log = logging.getLogger("thaw_vllm")
 
-
-class PoolUnavailable(Exception):
-    """No pool is listening, or it does not hold the snapshot: restore from the file instead."""
+__all__ = ["PoolUnavailable", "default_socket", "restore_tensors", "load", "evict", "status"]
 
 
 def default_socket() -> str:
     return _native.pool_default_socket()
 
 
-def request(message: dict, socket_path=None) -> dict:
-    path = str(socket_path or default_socket())
-    try:
-        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as s:
-            s.connect(path)
-            s.sendall(json.dumps(message).encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                part = s.recv(1 << 16)
-                if not part:
-                    raise PoolUnavailable(f"the pool on {path} closed the connection")
-                reply += part
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        raise PoolUnavailable(f"no pool on {path} ({e.strerror})") from None
-    response = json.loads(reply)
-    if not response["ok"]:
-        if response["kind"] == 3:  # not found: the pool does not hold it
-            raise PoolUnavailable(response["error"])
-        raise from_code(-response["kind"], response["error"])
-    return response
+def _socket(socket_path):
+    return None if socket_path in (None, True) else str(socket_path)
 
 
-def cuda_target(name, tensor) -> dict:
-    """The IPC handle of the allocation under a CUDA tensor, and the tensor's offset in it."""
-    storage = tensor.untyped_storage() if hasattr(tensor, "untyped_storage") else tensor.storage()._untyped()
-    shared = storage._share_cuda_()
-    handle, storage_offset = shared[1], shared[3]
-    if len(handle) > 64:
-        # Newer torch prefixes the 64-byte cudaIpcMemHandle with its own version/type bytes.
-        if b"e" in handle[:len(handle) - 64]:
-            raise PoolUnavailable("tensors in expandable segments have no CUDA IPC handle the pool can open")
-        handle = handle[-64:]
-    offset = storage_offset + tensor.storage_offset() * tensor.element_size()
-    return {"name": name, "handle": base64.b64encode(handle).decode(), "offset": offset,
-            "capacity": tensor.numel() * tensor.element_size()}
+def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options) -> dict:
+    """Restores tensors (all on one device) through the pool; raises PoolUnavailable to fall back.
 
-
-def restore_targets(snapshot, targets, socket_path=None) -> dict:
-    """Asks the pool to restore [{"name", "handle" (base64), "offset", "capacity"}]."""
-    return request({"op": "restore", "snapshot": os.path.abspath(snapshot), "targets": targets}, socket_path)
-
-
-def restore_tensors(tensors: dict, snapshot, socket_path=None) -> dict:
-    """Restores CUDA tensors through the pool; raises PoolUnavailable to fall back."""
-    if any(t.device.type != "cuda" for t in tensors.values()):
-        raise PoolUnavailable("the pool restores into CUDA tensors only")
-    response = restore_targets(snapshot, [cuda_target(n, t) for n, t in tensors.items()], socket_path)
-    seconds = response["seconds"]
-    return {"bytes": response["bytes"], "seconds": seconds, "gbps": response["bytes"] / seconds / 1e9 if seconds else 0.0}
+    CUDA tensors are served by the IPC handle of their allocation. On the mock device (CPU
+    tensors) only memory mapped from a shared file can be served.
+    Returns {"bytes", "seconds", "gbps", "source"} with source "pool hit" or "pool fill".
+    """
+    from .torch_io import _device_request, thaw_dtype
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise PoolUnavailable(f"the pool restores into one device at a time, not {sorted(map(str, devices))}")
+    scattered = [n for n, t in tensors.items() if not t.is_contiguous()]
+    if scattered:
+        raise PoolUnavailable(f"the pool copies into contiguous tensors only, and '{scattered[0]}' is not")
+    device = devices.pop() if devices else None
+    if device is None:
+        return {"bytes": 0, "seconds": 0.0, "gbps": 0.0, "source": "pool hit"}
+    names = list(tensors)
+    stats = _native.pool_restore(
+        _socket(socket_path), snapshot, _device_request(device, **engine_options), names,
+        [thaw_dtype(tensors[n].dtype) for n in names], [list(tensors[n].shape) for n in names],
+        [tensors[n].data_ptr() for n in names], [tensors[n].numel() * tensors[n].element_size() for n in names])
+    return {"bytes": stats.bytes, "seconds": stats.seconds,
+            "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": stats.source_name}
 
 
 def load(snapshot, socket_path=None) -> dict:
-    return request({"op": "load", "snapshot": os.path.abspath(snapshot)}, socket_path)
+    """Has the pool read a snapshot into its memory (a no-op when held)."""
+    return _native.pool_call(_socket(socket_path), "load", snapshot)
+
+
+def evict(snapshot, socket_path=None) -> dict:
+    return _native.pool_call(_socket(socket_path), "evict", snapshot)
 
 
 def status(socket_path=None) -> dict:
-    return request({"op": "status"}, socket_path)
+    """What the pool holds: budget_bytes, used_bytes, snapshots [{snapshot, bytes, hits, ...}]."""
+    return _native.pool_call(_socket(socket_path), "status")

@@ -213,7 +213,7 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
         regions = {t["name"] for t in header["tensors"]}
         try:
             stats = dict(restore_tensors({n: t for n, t in tensors.items() if n in regions}, path,
-                                         None if pool is True else pool), source="pool")
+                                         None if pool is True else pool, **engine_options), source="pool")
         except PoolUnavailable as e:
             log.info("thaw: %s; restoring from the file", e)
     if stats is None:

@@ -27,6 +27,7 @@ public enum ThawErrorKind
     OutOfHostMemory = 11,
     /// <summary>The operation was canceled through its cancellation token.</summary>
     Canceled = 12,
+    PoolUnavailable = 13,
 }
 
 /// <summary>Base of every error Thaw raises on purpose; the message names the file and what differs.</summary>
@@ -75,4 +76,11 @@ public sealed class ThawDeviceException : ThawException
 {
     /// <summary>Creates a device error of <paramref name="kind"/>.</summary>
     public ThawDeviceException(ThawErrorKind kind, string message) : base(kind, message) { }
+}
+
+/// <summary>No pool served the request (none listening, the snapshot not held, the pool gone
+/// mid-restore): nothing it wrote counts, and the caller restores from the file instead.</summary>
+public sealed class PoolUnavailableException : ThawException
+{
+    public PoolUnavailableException(string message, Exception? inner = null) : base(ThawErrorKind.PoolUnavailable, message, inner) { }
 }

@@ -5,6 +5,7 @@ using System.Text.Json;
 using Thaw.Interop;
 using Thaw.Interop.Format;
 using Thaw.Interop.Freeze;
+using Thaw.Interop.Pool;
 using Thaw.Interop.Restore;
 using Thaw.Interop.Safetensors;
 
@@ -51,6 +52,17 @@ public static unsafe partial class Exports
         public double Seconds;
         public int IoMode;
         public int Threads;
+        public int Source;          // RestoreSource: which path served the bytes
+        public int Reserved;
+    }
+
+    /// <summary>Which path served a restore's bytes (the loader's log line names it).</summary>
+    public enum RestoreSource
+    {
+        PageCache = 1,
+        Disk = 2,
+        PoolHit = 3,
+        PoolFill = 4,
     }
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_abi_version")]
@@ -127,6 +139,29 @@ public static unsafe partial class Exports
     private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
         RestoreTargets(snapshot, request, Targets(tensors), stats);
 
+    /// <summary>Restores tensors of a snapshot through a pool into caller memory: the caller hands
+    /// over device pointers only; the IPC handles come from the core. Fails with
+    /// -<see cref="ThawErrorKind.PoolUnavailable"/> when the caller should restore from the file.</summary>
+    /// <param name="socket">The pool's socket; null: the default one.</param>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_pool_restore")]
+    public static int PoolRestore(byte* socket, byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) => Guard(() =>
+    {
+        Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
+        List<RestoreTarget> targets = Targets(tensors);
+        ThawEngine engine = Engines.Get(*request);
+        string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
+        PoolRestoreResult r;
+        using (PoolClient client = PoolClient.Connect(socketPath))
+            r = client.Restore(engine, snapshot, targets);
+        if (stats != null)
+            *stats = new RestoreStatsOut
+            {
+                Bytes = r.Bytes, Seconds = r.Seconds, IoMode = (int)IoMode.Buffered,
+                Source = (int)(r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
+            };
+        return 0;
+    });
+
     private static List<RestoreTarget> Targets(TensorArray* tensors)
     {
         var targets = new List<RestoreTarget>(tensors->Count);
@@ -155,7 +190,11 @@ public static unsafe partial class Exports
             Verify = request->Verify < 0 ? null : request->Verify != 0,
         });
         if (stats != null)
-            *stats = new RestoreStatsOut { Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads };
+            *stats = new RestoreStatsOut
+            {
+                Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads,
+                Source = (int)(r.IoModeUsed == IoMode.Direct ? RestoreSource.Disk : RestoreSource.PageCache),
+            };
         return 0;
     }
 
@@ -180,7 +219,28 @@ public static unsafe partial class Exports
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_default_socket")]
     public static int PoolDefaultSocket(byte** pathOut) => Guard(() =>
     {
-        *pathOut = ToNative(Thaw.Interop.Pool.PoolProtocol.DefaultSocketPath());
+        *pathOut = ToNative(PoolProtocol.DefaultSocketPath());
+        return 0;
+    });
+
+    /// <summary>Asks a pool to load, evict or describe (op "status") snapshots; the answer's JSON
+    /// (docs/POOL.md) in memory the caller releases with thaw_free.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_pool_call")]
+    public static int PoolCall(byte* socket, byte* op, byte* snapshot, byte** jsonOut) => Guard(() =>
+    {
+        string verb = Text(op, "op");
+        if (verb is not ("load" or "evict" or "status"))
+            throw new ArgumentException($"unknown pool operation '{verb}' (load, evict, status)");
+        string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
+        string? path = snapshot == null ? null : Path.GetFullPath(Text(snapshot, "snapshot"));
+        using PoolClient client = PoolClient.Connect(socketPath);
+        using JsonDocument response = client.Send(PoolProtocol.Write(w =>
+        {
+            w.WriteString("op", verb);
+            if (path is not null)
+                w.WriteString("snapshot", path);
+        }));
+        *jsonOut = ToNative(response.RootElement.GetRawText());
         return 0;
     });
 

@@ -46,22 +46,8 @@ public class PoolTests
         string file = _files.PathOf($"dest-{Guid.NewGuid():N}");
         using (var f = File.Create(file))
             f.SetLength(s.DataLength + 4096);
-        string request = PoolProtocol.Write(w =>
-        {
-            w.WriteString("op", "restore");
-            w.WriteString("snapshot", snapshotPath);
-            w.WriteStartArray("targets");
-            foreach (TensorEntry t in s.Tensors)
-            {
-                w.WriteStartObject();
-                w.WriteString("name", t.Name);
-                w.WriteBase64String("handle", Encoding.UTF8.GetBytes(Path.GetFileName(file)));
-                w.WriteNumber("offset", 4096 + t.Offset);
-                w.WriteNumber("capacity", t.Length);
-                w.WriteEndObject();
-            }
-            w.WriteEndArray();
-        });
+        string request = PoolProtocol.RestoreRequest(snapshotPath,
+            s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), 4096 + t.Offset, t.Length)), fill: false);
         return (file, request, s);
     }
 
@@ -72,6 +58,13 @@ public class PoolTests
             Assert.That(bytes.AsSpan(4096 + (int)s.Tensors[i].Offset, data[i].Length).ToArray(), Is.EqualTo(data[i]));
     }
 
+    private PoolServer Serve(SnapshotPool pool)
+    {
+        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
+        server.Start();
+        return server;
+    }
+
     private static string Op(string op, string? snapshot = null) =>
         PoolProtocol.Write(w => { w.WriteString("op", op); if (snapshot is not null) w.WriteString("snapshot", snapshot); });
 
@@ -80,8 +73,7 @@ public class PoolTests
     {
         var (path, data) = MakeSnapshot("a.thaw", 1);
         using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
+        using PoolServer server = Serve(pool);
         if (!OperatingSystem.IsWindows())
             Assert.That(File.GetUnixFileMode(_socket), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite));
         using var client = new PoolClient(_socket);
@@ -94,6 +86,54 @@ public class PoolTests
         JsonElement entry = status.RootElement.GetProperty("snapshots")[0];
         Assert.That(entry.GetProperty("hits").GetInt64(), Is.EqualTo(1));
         Assert.That(entry.GetProperty("bytes_served").GetInt64(), Is.EqualTo(s.TensorBytes));
+    }
+
+    [Test]
+    public void TheClientRestoresByAddressIntoASharedMappingAndChecksTargetsFirst()
+    {
+        var (path, data) = MakeSnapshot("client.thaw", 4);
+        using var pool = new SnapshotPool(_engine, 1 << 20);
+        using PoolServer server = Serve(pool);
+        Snapshot s = SnapshotReader.Read(path);
+        string file = _files.PathOf("mapped-device-memory");
+        using (var f = File.Create(file))
+            f.SetLength(s.DataLength + 4096);
+        using var map = System.IO.MemoryMappedFiles.MemoryMappedFile.CreateFromFile(file, FileMode.Open);
+        using var view = map.CreateViewAccessor();
+        unsafe
+        {
+            byte* p = null;
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            try
+            {
+                // Addresses only: the client finds the file and the offsets from the mapping.
+                var targets = s.Tensors.Select(t => new RestoreTarget(t.Name, (ulong)p + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
+                using var client = PoolClient.Connect(_socket);
+                Assert.That(() => client.Restore(_engine, s, targets), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
+                client.Send(Op("load", path)).Dispose();
+                var wrongShape = targets.Select((t, i) => i == 0 ? t with { Shape = [1, t.Shape![0]] } : t).ToList();
+                Assert.That(() => client.Restore(_engine, s, wrongShape), Throws.InstanceOf<ThawMismatchException>().With.Message.Contains("shape"));
+                PoolRestoreResult r = client.Restore(_engine, s, targets);
+                Assert.That((r.Bytes, r.Filled), Is.EqualTo((s.TensorBytes, false)));
+                ulong privateMemory = _engine.Allocate(s.DataLength);
+                try
+                {
+                    var unshared = s.Tensors.Select(t => new RestoreTarget(t.Name, privateMemory + (ulong)t.Offset, t.Length)).ToList();
+                    Assert.That(() => client.Restore(_engine, s, unshared), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("shared file mapping"));
+                }
+                finally
+                {
+                    _engine.Free(privateMemory);
+                }
+            }
+            finally
+            {
+                view.SafeMemoryMappedViewHandle.ReleasePointer();
+            }
+        }
+        view.Flush();
+        AssertRestored(file, s, data);
+        Assert.That(pool.List().Single().Hits, Is.EqualTo(1));
     }
 
     [Test]

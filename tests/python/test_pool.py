@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import thaw_vllm
-from thaw_vllm import pool
+from thaw_vllm import pool, torch_io
 
 REPO = Path(__file__).resolve().parents[2]
 THAW = REPO / "build" / "publish" / "cli" / "thaw"
@@ -33,25 +33,51 @@ def server(tmp_path):
     assert process.returncode == 0 and not socket_path.exists(), "SIGTERM stops the pool cleanly"
 
 
+def shared_views(tmp_path, header):
+    """Mock device memory a pool can open: tensors laid out as the snapshot's data section in a
+    file mapped MAP_SHARED (torch.from_file(shared=True)); the client finds the file by address."""
+    shared = tmp_path / "device-memory"
+    size = header["file_length"] - header["data_offset"]
+    shared.write_bytes(b"\0" * size)
+    memory = torch.from_file(str(shared), shared=True, size=size, dtype=torch.uint8)
+    return {t["name"]: memory[t["offset"]:t["offset"] + t["length"]].view(torch_io.torch_dtype(t["dtype"])).reshape(t["shape"])
+            for t in header["tensors"]}
+
+
 def test_restore_through_the_pool_into_shared_memory(tmp_path, server):
     state = {"a": torch.randn(300, 7), "b": torch.arange(1000, dtype=torch.int64)}
     snapshot = tmp_path / "m.thaw"
     thaw_vllm.freeze(state, snapshot)
     assert pool.load(snapshot, server)["bytes"] > 0
-    header = thaw_vllm.info(snapshot)
-    shared = tmp_path / "device-memory"
-    size = header["file_length"] - header["data_offset"]
-    shared.write_bytes(b"\0" * size)
-    # A mock handle names a file of ours inside the pool's --shm-dir.
-    targets = [{"name": t["name"], "handle": pool.base64.b64encode(shared.name.encode()).decode(),
-                "offset": t["offset"], "capacity": t["length"]} for t in header["tensors"]]
-    assert pool.restore_targets(snapshot, targets, server)["bytes"] == sum(t["length"] for t in header["tensors"])
-    memory = torch.from_file(str(shared), shared=False, size=size, dtype=torch.uint8)
-    for t in header["tensors"]:
-        restored = memory[t["offset"]:t["offset"] + t["length"]]
-        assert restored.numpy().tobytes() == state[t["name"]].reshape(-1).view(torch.uint8).numpy().tobytes()
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    stats = pool.restore_tensors(target, snapshot, server)
+    assert stats["bytes"] == sum(t.numel() * t.element_size() for t in state.values()) and stats["source"] == "pool hit"
+    for name, tensor in state.items():
+        assert torch.equal(target[name], tensor)
     entry = pool.status(server)["snapshots"][0]
     assert entry["hits"] == 1
+
+
+def test_the_pool_client_checks_targets_against_the_snapshot_before_asking(tmp_path, server):
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"a": torch.randn(300, 7)}, snapshot)
+    pool.load(snapshot, server)
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    with pytest.raises(thaw_vllm.ThawMismatchError, match="shape"):
+        pool.restore_tensors({"a": target["a"].reshape(7, 300)}, snapshot, server)
+    assert pool.status(server)["snapshots"][0]["hits"] == 0
+
+
+def test_memory_a_pool_cannot_open_falls_back_to_the_file(tmp_path, server, caplog):
+    state = {"w": torch.randn(64)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    pool.load(snapshot, server)
+    target = {"w": torch.zeros(64)}  # private memory: no handle the pool could open
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        thaw_vllm.restore_into(target, snapshot, pool=server)
+    assert torch.equal(target["w"], state["w"])
+    assert any("not in a shared file mapping" in r.message and "restoring from the file" in r.message for r in caplog.records)
 
 
 def test_without_a_pool_the_restore_falls_back_to_the_file_and_says_so(tmp_path, caplog):
@@ -66,8 +92,10 @@ def test_without_a_pool_the_restore_falls_back_to_the_file_and_says_so(tmp_path,
 
 
 def test_a_pool_that_does_not_hold_the_snapshot_raises_unavailable(tmp_path, server):
+    snapshot = tmp_path / "never-loaded.thaw"
+    thaw_vllm.freeze({"a": torch.randn(10)}, snapshot)
     with pytest.raises(pool.PoolUnavailable, match="does not hold"):
-        pool.restore_targets(tmp_path / "never-loaded.thaw", [], server)
+        pool.restore_tensors(shared_views(tmp_path, thaw_vllm.info(snapshot)), snapshot, server)
 
 
 def test_thaw_restore_through_the_pool_and_its_fallback(tmp_path, server):

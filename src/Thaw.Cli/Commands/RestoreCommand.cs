@@ -4,6 +4,7 @@ using Thaw.Interop;
 using Thaw.Interop.Format;
 using Thaw.Interop.Native;
 using Thaw.Cli.Commands.Pool;
+using Thaw.Interop.Pool;
 using Thaw.Interop.Restore;
 
 namespace Thaw.Cli.Commands;
@@ -78,7 +79,7 @@ internal sealed class RestoreCommand : Command
         var seconds = new List<double>();
         for (int i = 0; i < repeat; i++)
         {
-            RestoreResult? r = PoolRestore.Run(engine, snapshot, socket, check && i == repeat - 1);
+            PoolRestoreResult? r = PoolRestore.Run(engine, snapshot, socket, check && i == repeat - 1);
             if (r is null)
                 return false;
             seconds.Add(r.Seconds);

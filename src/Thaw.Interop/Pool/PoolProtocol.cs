@@ -55,4 +55,25 @@ public static class PoolProtocol
         }
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
+
+    /// <summary>A restore request (what <see cref="PoolRequest"/> parses).</summary>
+    public static string RestoreRequest(string snapshot, IEnumerable<PoolTarget> targets, bool fill) => Write(w =>
+    {
+        w.WriteString("op", "restore");
+        w.WriteString("snapshot", snapshot);
+        if (fill)
+            w.WriteBoolean("fill", true);
+        w.WriteStartArray("targets");
+        foreach (PoolTarget t in targets)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", t.Name);
+            w.WriteBase64String("handle", t.Handle);
+            w.WriteNumber("offset", t.Offset);
+            w.WriteNumber("capacity", t.Capacity);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    });
+
 }

@@ -11,7 +11,6 @@ namespace Thaw.Interop.Pool;
 /// error line while everyone else is served.</summary>
 public sealed class PoolServer : IDisposable
 {
-    private const int SolSocket = 1, SoPeerCred = 17;
     private readonly SnapshotPool _pool;
     private readonly IReadOnlySet<uint> _allowedUids;
     private readonly Socket _listener = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
@@ -30,7 +29,7 @@ public sealed class PoolServer : IDisposable
         SocketPath = Path.GetFullPath(socketPath);
         var uids = new HashSet<uint>(allowedUids ?? []);
         if (uids.Count == 0)
-            uids.Add(CurrentUid());
+            uids.Add(PeerCredentials.CurrentUid());
         _allowedUids = uids;
     }
 
@@ -99,7 +98,7 @@ public sealed class PoolServer : IDisposable
             }
             try
             {
-                uint uid = PeerUid(client);
+                uint uid = PeerCredentials.PeerUid(client);
                 if (!_allowedUids.Contains(uid))
                 {
                     Log?.Invoke($"refusing the requests of a client of uid {uid}");
@@ -258,13 +257,6 @@ public sealed class PoolServer : IDisposable
             default:
                 throw new ArgumentException($"unknown op '{(op.Length > 40 ? op[..40] + "..." : op)}'");
         }
-    }
-
-    private static uint PeerUid(Socket socket)
-    {
-        // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
-        byte[] credentials = new byte[12];
-        return socket.GetRawSocketOption(SolSocket, SoPeerCred, credentials) == 12 ? BitConverter.ToUInt32(credentials, 4) : uint.MaxValue;
     }
 
     internal static uint CurrentUid()
