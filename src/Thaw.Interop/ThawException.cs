@@ -27,6 +27,7 @@ public enum ThawErrorKind
     OutOfHostMemory = 11,
     /// <summary>The operation was canceled through its cancellation token.</summary>
     Canceled = 12,
+    /// <summary>No pool served a restore; the caller restores from the file.</summary>
     PoolUnavailable = 13,
 }
 
@@ -82,5 +83,6 @@ public sealed class ThawDeviceException : ThawException
 /// mid-restore): nothing it wrote counts, and the caller restores from the file instead.</summary>
 public sealed class PoolUnavailableException : ThawException
 {
+    /// <summary>Creates the exception with the reason the pool could not serve.</summary>
     public PoolUnavailableException(string message, Exception? inner = null) : base(ThawErrorKind.PoolUnavailable, message, inner) { }
 }

@@ -15,6 +15,7 @@ public static class PeerCredentials
         return socket.GetRawSocketOption(SolSocket, SoPeerCred, credentials) == 12 ? BitConverter.ToUInt32(credentials, 4) : uint.MaxValue;
     }
 
+    /// <summary>This process's real uid.</summary>
     public static uint CurrentUid()
     {
         foreach (string line in File.ReadLines("/proc/self/status"))

@@ -10,6 +10,7 @@ namespace Thaw.Interop.Pool;
 /// the pool already held the snapshot (a hit) or read it from the file while serving (a fill).</summary>
 public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled)
 {
+    /// <summary>Bytes over seconds, in GB/s.</summary>
     public double GigabytesPerSecond => Seconds > 0 ? Bytes / Seconds / 1e9 : 0;
 }
 
