@@ -26,7 +26,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options)
 
     CUDA tensors are served by the IPC handle of their allocation. On the mock device (CPU
     tensors) only memory mapped from a shared file can be served.
-    Returns {"bytes", "seconds", "gbps", "source"} with source "pool hit" or "pool fill".
+    Returns {"bytes", "seconds", "gbps", "source": "pool", "via": "pool hit" or "pool fill"}.
     """
     from .torch_io import _device_request, thaw_dtype
     devices = {t.device for t in tensors.values()}
@@ -37,14 +37,14 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options)
         raise PoolUnavailable(f"the pool copies into contiguous tensors only, and '{scattered[0]}' is not")
     device = devices.pop() if devices else None
     if device is None:
-        return {"bytes": 0, "seconds": 0.0, "gbps": 0.0, "source": "pool hit"}
+        return {"bytes": 0, "seconds": 0.0, "gbps": 0.0, "source": "pool", "via": "pool hit"}
     names = list(tensors)
     stats = _native.pool_restore(
         _socket(socket_path), snapshot, _device_request(device, **engine_options), names,
         [thaw_dtype(tensors[n].dtype) for n in names], [list(tensors[n].shape) for n in names],
         [tensors[n].data_ptr() for n in names], [tensors[n].numel() * tensors[n].element_size() for n in names])
     return {"bytes": stats.bytes, "seconds": stats.seconds,
-            "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": stats.source_name}
+            "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": "pool", "via": stats.source_name}
 
 
 def load(snapshot, socket_path=None) -> dict:

@@ -51,7 +51,7 @@ def test_restore_through_the_pool_into_shared_memory(tmp_path, server):
     assert pool.load(snapshot, server)["bytes"] > 0
     target = shared_views(tmp_path, thaw_vllm.info(snapshot))
     stats = pool.restore_tensors(target, snapshot, server)
-    assert stats["bytes"] == sum(t.numel() * t.element_size() for t in state.values()) and stats["source"] == "pool hit"
+    assert stats["bytes"] == sum(t.numel() * t.element_size() for t in state.values()) and stats["via"] == "pool hit"
     for name, tensor in state.items():
         assert torch.equal(target[name], tensor)
     entry = pool.status(server)["snapshots"][0]

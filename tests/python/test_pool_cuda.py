@@ -46,7 +46,7 @@ def test_five_pool_restores_leave_nothing_allocated(tmp_path, cuda_pool):
     for _ in range(5):
         target = {n: torch.empty_like(t) for n, t in reference.items()}
         stats = pool.restore_tensors(target, snapshot, cuda_pool)
-        assert stats["source"] == "pool hit"
+        assert stats["via"] == "pool hit"
         assert all(torch.equal(target[n], reference[n]) for n in reference)
         del target
         torch.cuda.empty_cache()
