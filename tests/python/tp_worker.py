@@ -32,17 +32,17 @@ def from_the_file(path):
 
 
 def through_the_pool(path, socket_path, shm_dir, rank):
-    """The mock pool's handles name files in its --shm-dir: this rank's "device memory"."""
+    """The mock pool opens files in its --shm-dir: this rank's "device memory" is one mapped
+    MAP_SHARED from there, and the client hands the pool pointers into it."""
     header = thaw_vllm.info(path)
     memory = Path(shm_dir) / f"rank{rank}-memory"
     size = header["file_length"] - header["data_offset"]
     memory.write_bytes(b"\0" * size)
-    handle = pool.base64.b64encode(memory.name.encode()).decode()
-    targets = [{"name": t["name"], "handle": handle, "offset": t["offset"], "capacity": t["length"]}
-               for t in header["tensors"]]
-    pool.restore_targets(path, targets, socket_path)
-    raw = torch.from_file(str(memory), shared=False, size=size, dtype=torch.uint8)
-    return {t["name"]: digest(raw[t["offset"]:t["offset"] + t["length"]]) for t in header["tensors"]}, "pool"
+    raw = torch.from_file(str(memory), shared=True, size=size, dtype=torch.uint8)
+    tensors = {t["name"]: raw[t["offset"]:t["offset"] + t["length"]].view(torch_dtype(t["dtype"])).reshape(t["shape"])
+               for t in header["tensors"]}
+    stats = pool.restore_tensors(tensors, path, socket_path)
+    return {n: digest(t) for n, t in tensors.items()}, stats["source"]
 
 
 def main():
