@@ -207,12 +207,11 @@ def test_a_pool_holds_kv_snapshots_like_weights(tmp_path, server):
     header = thaw_vllm.info(path)
     shared = tmp_path / "device-memory"
     size = header["file_length"] - header["data_offset"]
-    shared.write_bytes(b"\0" * size)
-    handle = pool.base64.b64encode(shared.name.encode()).decode()  # a file inside the pool's --shm-dir
-    targets = [{"name": t["name"], "handle": handle, "offset": t["offset"], "capacity": t["length"]}
-               for t in header["tensors"]]
-    pool.restore_targets(path, targets, server)
-    memory = torch.from_file(str(shared), shared=False, size=size, dtype=torch.uint8)
+    shared.write_bytes(b"\0" * size)  # a file inside the pool's --shm-dir, mapped shared: the client hands over pointers
+    memory = torch.from_file(str(shared), shared=True, size=size, dtype=torch.uint8)
+    from thaw_vllm.torch_io import torch_dtype
+    pool.restore_tensors({t["name"]: memory[t["offset"]:t["offset"] + t["length"]].view(torch_dtype(t["dtype"])).reshape(t["shape"])
+                          for t in header["tensors"]}, path, server)
     regions = {t["name"]: memory[t["offset"]:t["offset"] + t["length"]] for t in header["tensors"]}
     for layer in range(3):
         assert torch.equal(regions[kv.keys_region(0, layer)].view(torch.float32).reshape(1, 2, 24, 8), cache.layers[layer].keys)
