@@ -2,7 +2,8 @@
 # Installs what the README's commands need and this machine lacks, from Debian's archive:
 #   scripts/setup.sh demo   build tools: cmake, make, gcc, libc6-dev
 #   scripts/setup.sh test   the same, and for the Python tests python3-torch (CPU), python3-pytest,
-#                           python3-numpy, python3-pip, python3-venv, python3-setuptools, python3-wheel
+#                           python3-numpy, python3-pip, python3-venv, python3-setuptools, python3-wheel,
+#                           and for the fuzzers (tests/fuzz) clang-14 and libclang-rt-14-dev (libFuzzer)
 # Each requirement is checked first; nothing is installed (and apt is not touched) when all are
 # present. THAW_NO_INSTALL=1 only reports what is missing. The .NET 10 SDK is not a Debian package:
 # a missing `dotnet` is reported, not installed.
@@ -32,6 +33,8 @@ if [ "$purpose" = test ]; then
   need python3-wheel python_has wheel
   need python3-venv python_has ensurepip
   need python3-pip "$PYTHON" -m pip --version
+  need clang-14 command -v clang-14
+  need libclang-rt-14-dev compgen -G "/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a"
 elif [ "$purpose" != demo ]; then
   echo "usage: scripts/setup.sh demo|test" >&2
   exit 2

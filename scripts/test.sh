@@ -33,6 +33,13 @@ cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DTHAW_SANITIZE=ON > "$log
   cmake --build build/sanitize -j"$(nproc)" > "$logs/sanitize-build.log" 2>&1 || { cat "$logs/sanitize-build.log"; broken=1; }
 run_ctest build/sanitize core-sanitized
 
+echo "== fuzz (libFuzzer over the core's plan, write and checksum entry points)"
+tests/fuzz/run.sh 2>&1 | tee "$logs/fuzz.log"
+line=$(grep -E '^fuzz: [0-9]+ passed' "$logs/fuzz.log" | tail -1)
+[ -n "$line" ] || broken=1
+count "$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<< "$line")" "$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<< "$line")" \
+      "$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<< "$line")"
+
 echo "== NUnit"
 dotnet test tests/Thaw.Tests -c Release 2>&1 | tee "$logs/nunit.log"
 line=$(grep -E 'Failed:[[:space:]]*[0-9]+, Passed:' "$logs/nunit.log" | tail -1)

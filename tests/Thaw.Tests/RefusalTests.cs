@@ -149,7 +149,31 @@ public class RefusalTests
     [TestCaseSource(nameof(SnapshotNameCases))]
     public void SnapshotNameRefusal(int index, string field, byte[] replacement, string[] mentions)
     {
-        string path = _files.PathOf($"names{index}.thaw");
+        string path = Resealed($"names{index}.thaw", field, replacement);
+        if (mentions.Length == 0)
+        {
+            Assert.That(SnapshotReader.Read(path).Tensors[1].Name, Is.EqualTo("xq"));
+            return;
+        }
+        var e = Assert.Throws<ThawFormatException>(() => SnapshotReader.Read(path))!;
+        AssertNames(e.Message, path, mentions);
+        ThawCli.AssertRefused(ThawCli.Run($"info {path}"), path, mentions);
+    }
+
+    /// <summary>Found by HeaderFuzzTests: a bad key followed by a bad value length was quoted raw in the value's error.</summary>
+    [Test]
+    public void ABadMetadataKeyIsRefusedBeforeItsValueIsRead()
+    {
+        string path = Resealed("key.thaw", "k", [0x00], valueLength: uint.MaxValue);
+        var e = Assert.Throws<ThawFormatException>(() => SnapshotReader.Read(path))!;
+        AssertNames(e.Message, path, ["metadata key 0 '\\u0000'"]);
+    }
+
+    /// <summary>A snapshot (tensors "x", "yz", metadata "k") with one field's bytes replaced in place,
+    /// and optionally the metadata value's length, the header CRC resealed.</summary>
+    private string Resealed(string name, string field, byte[] replacement, uint? valueLength = null)
+    {
+        string path = _files.PathOf(name);
         using (var engine = ThawEngine.Create(DeviceKind.Mock))
         {
             var tensors = new[] { new TestFiles.HostTensor("x", DType.U8, [8], 1), new TestFiles.HostTensor("yz", DType.U8, [8], 2) };
@@ -164,17 +188,12 @@ public class RefusalTests
         int at = bytes.AsSpan(64, headerLength - 64).IndexOf(needle) + 64 + 2;
         Assert.That(at, Is.GreaterThan(64 + 1));
         replacement.CopyTo(bytes, at);
+        if (valueLength is uint length)
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(at + field.Length), length);
         BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(56), 0);
         BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(56), Thaw.Interop.Native.Crc32C.Compute(bytes.AsSpan(0, headerLength)));
         File.WriteAllBytes(path, bytes);
-        if (mentions.Length == 0)
-        {
-            Assert.That(SnapshotReader.Read(path).Tensors[1].Name, Is.EqualTo("xq"));
-            return;
-        }
-        var e = Assert.Throws<ThawFormatException>(() => SnapshotReader.Read(path))!;
-        AssertNames(e.Message, path, mentions);
-        ThawCli.AssertRefused(ThawCli.Run($"info {path}"), path, mentions);
+        return path;
     }
 
     // Built in code: an attribute cannot hold a lone surrogate (the compiler stores U+FFFD instead).

@@ -70,9 +70,9 @@ public static class SnapshotReader
         for (uint i = 0; i < metadataCount; i++)
         {
             string key = cursor.String(cursor.U16(), SnapshotFormat.MaxMetadataKeyBytes, $"metadata key {i}");
-            string value = cursor.String(cursor.U32(), SnapshotFormat.MaxMetadataValueBytes, $"metadata value '{key}'");
             if (NameRules.Problem(key) is string problem)
                 throw new ThawFormatException(path, $"metadata key {i} {NameRules.Quote(key)} {problem}");
+            string value = cursor.String(cursor.U32(), SnapshotFormat.MaxMetadataValueBytes, $"metadata value '{key}'");
             if (!metadata.TryAdd(key, value))
                 throw new ThawFormatException(path, $"metadata key '{key}' is repeated");
         }
