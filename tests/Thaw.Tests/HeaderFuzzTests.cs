@@ -130,7 +130,7 @@ public class HeaderFuzzTests
         byte[] bytes = (byte[])seeds[random.Next(seeds.Length)].Clone();
         int headerLength = (int)Math.Min(BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(16)), (ulong)bytes.Length);
         int rounds = 1 + random.Next(4);
-        for (int r = 0; r < rounds; r++)
+        for (int r = 0; r < rounds && bytes.Length > 0; r++)
         {
             int span = Math.Max(1, random.Next(4) == 0 ? bytes.Length : headerLength);
             switch (random.Next(9))
