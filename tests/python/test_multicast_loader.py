@@ -29,7 +29,7 @@ def test_each_rank_file_has_its_own_group():
 
 def test_engines_joined_from_the_config_multicast_from_source_rank_1(tmp_path, snapshot):  # noqa: F811
     path, expected = snapshot
-    config = {"store": f"127.0.0.1:{free_port()}", "size": 3, "source": 1, "chunk_mib": 1, "timeout_s": 30}
+    config = {"store": f"127.0.0.1:{free_port()}", "size": 3, "source": 1, "chunk_mib": 1, "timeout_s": 120}
     results, codes, logs = run_group(tmp_path, path, 3, [{"source": 1}],
                                      store={"kind": "config", "config": config, "parts": ["tp0"]})
     assert codes == [0, 0, 0], logs
