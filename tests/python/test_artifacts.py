@@ -10,23 +10,9 @@ import thaw_vllm
 from thaw_vllm import artifacts
 from thaw_vllm.errors import ThawChecksumError, ThawFormatError
 
+from file_trees import make_tree, tree_of
+
 ENV = {"torch": "2.11.0", "triton": "3.5.0", "gpu_arch": "sm_90", "vllm": "0.32.0"}
-
-
-def make_tree(root, files):
-    for relative, data in files.items():
-        full = root / relative
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_bytes(data)
-
-
-def tree_of(root):
-    out = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(directory, name)
-            out[os.path.relpath(full, root)] = open(full, "rb").read()
-    return out
 
 
 def forge(path, description, regions=None):

@@ -18,6 +18,8 @@ from vllm.config import CompilationConfig, ModelConfig, ParallelConfig, VllmConf
 import thaw_vllm  # noqa: E402
 from thaw_vllm import artifacts, vllm_compile, vllm_loader  # noqa: E402
 
+from file_trees import tree_of  # noqa: E402
+
 EXTENSION = "thaw_vllm.worker.ThawWorkerExtension"
 
 
@@ -61,15 +63,6 @@ def compile_like_vllm(config, root, factors="factors", prefix="backbone"):
     return {os.path.relpath(p, root): d for p, d in files.items()}
 
 
-def tree(root):
-    out = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(directory, name)
-            out[os.path.relpath(full, root)] = open(full, "rb").read()
-    return out
-
-
 def test_a_frozen_compile_cache_is_where_the_next_engine_looks(tmp_path, vllm_env):
     config = vllm_config()
     expected = compile_like_vllm(config, str(vllm_env))
@@ -79,7 +72,7 @@ def test_a_frozen_compile_cache_is_where_the_next_engine_looks(tmp_path, vllm_en
     shutil.rmtree(vllm_env)
     result = vllm_compile.restore_compile_cache(vllm_config(), weights)
     assert result["restored"] and result["files"] == 4
-    assert tree(vllm_env) == expected
+    assert tree_of(vllm_env) == expected
 
 
 def test_only_this_ranks_directory_is_frozen(tmp_path, vllm_env):
@@ -140,7 +133,7 @@ def test_the_loader_writes_the_cache_back_before_vllm_compiles(tmp_path, vllm_en
     shutil.rmtree(vllm_env)
     vllm.LLM(model=str(tmp_path / "ckpt"), hf_config=hf, load_format="thaw", worker_extension_cls=EXTENSION,
              model_loader_extra_config={"snapshot": str(tmp_path / "snap")})
-    assert tree(vllm_env) == expected
+    assert tree_of(vllm_env) == expected
     shutil.rmtree(vllm_env)
     vllm.LLM(model=str(tmp_path / "ckpt"), hf_config=hf, load_format="thaw", worker_extension_cls=EXTENSION,
              model_loader_extra_config={"snapshot": str(tmp_path / "snap"), "compile_cache": False})
