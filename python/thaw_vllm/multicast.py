@@ -527,6 +527,10 @@ def multicast_restore(module_or_state_dict, path, group: MulticastGroup, strict:
     # A rank behind a stalled peer gives up one timeout after it; the news then travels as
     # closed connections within moments: two timeouts hear from every member still alive.
     statuses = meeting.take_all("status", [r for r in range(group.size) if r != group.rank], 2 * group.timeout_s)
+    # The store lives in one member's process: nobody leaves before every member still alive
+    # has read the statuses, or a late reader finds the store gone and reports a live rank silent.
+    meeting.put(f"read/{group.rank}", True)
+    meeting.take_all("read", [r for r, status in statuses.items() if status is not None], 2 * group.timeout_s)
     group_error = _summary(group, meeting, topology, statuses, own)
     nbytes = sum(e[3] for e in (manifest or {}).get("tensors", []))
     if own["ok"]:
