@@ -74,7 +74,7 @@ public class RestoreTests
             bytes[s.FileOffsetOf(s.Tensors[3]) + 5] ^= 0x40;
             File.WriteAllBytes(path, bytes);
             Assert.That(() => engine.Restore(plan, new RestoreOptions { Verify = true }),
-                Throws.TypeOf<ThawChecksumException>().With.Message.Contains("region 3"));
+                Throws.TypeOf<ThawChecksumException>().With.Message.Contains("region 3").And.Message.StartsWith("tensor 'w3': "));
         }
         finally
         {

@@ -66,6 +66,20 @@ int main(void)
     CHECK(strstr(thawcore_last_error(), path) != NULL);
     CHECK(strstr(thawcore_last_error(), "is truncated") != NULL); /* region 3 or 4, whichever lane got there first */
 
+    /* A plan reaching far past the end of a small file (a hostile header) is refused before
+     * anything is allocated for it: no terabyte chunk table. */
+    {
+        thawcore_segment far = { 0, 1ull << 40, (uint64_t)(uintptr_t)dst[0], 0, 0 };
+        thawcore_extent huge = { 0, 1ull << 40, 0, 1 };
+        thawcore_restore_stats far_stats;
+        CHECK(thawcore_engine_restore(e, path, &huge, 1, &far, 1, NULL, &far_stats) == THAWCORE_ERR_SHORT_READ);
+        CHECK(far_stats.failed_region == 0);
+        CHECK(strstr(thawcore_last_error(), "region 0 needs bytes up to offset 1099511627776") != NULL);
+        thawcore_segment small = { 0, 100, (uint64_t)(uintptr_t)dst[0], 0, 0 };
+        CHECK(thawcore_engine_restore(e, path, &huge, 1, &small, 1, NULL, NULL) == THAWCORE_ERR_SHORT_READ);
+        CHECK(strstr(thawcore_last_error(), "extent 0 needs bytes up to offset 1099511627776") != NULL);
+    }
+
     /* Missing file. */
     CHECK(restore(e, "/nonexistent/snapshot.thaw", dst, THAWCORE_IO_BUFFERED, NULL, NULL, NULL) == -2);
 

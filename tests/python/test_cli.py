@@ -89,6 +89,17 @@ def test_failures_are_one_line_and_exit_1(tmp_path, snapshot):
     assert no_vllm.returncode == 1 and "needs vLLM" in no_vllm.stderr
 
 
+def test_verify_names_the_corrupt_tensor(tmp_path, snapshot):
+    info = thaw_vllm.info(snapshot)
+    tensor = next(t for t in info["tensors"] if t["name"] == "b")
+    data = bytearray(snapshot.read_bytes())
+    data[info["data_offset"] + tensor["offset"] + 3] ^= 0x10
+    corrupt = tmp_path / "flipped.thaw"
+    corrupt.write_bytes(bytes(data))
+    r = thaw("verify", corrupt, "--quiet")
+    assert r.returncode == 1 and "tensor 'b'" in r.stderr and "flipped.thaw" in r.stderr, r.stderr
+
+
 def test_info_json_is_the_header_python_sees(snapshot):
     r = thaw("info", snapshot, "--json")
     assert r.returncode == 0, r.stderr

@@ -100,11 +100,11 @@ public sealed class ThawEngine : IDisposable
                     Progress = options.Progress is null ? null : &OnProgress,
                     ProgressUser = options.Progress is null ? 0 : GCHandle.ToIntPtr(progress),
                 };
-                RestoreStats stats;
+                RestoreStats stats = new() { FailedRegion = uint.MaxValue }; // an early refusal names no region
                 int rc = EngineRestore(_handle, snapshot.Path, extents, (uint)plan.Extents.Length,
                     segments, (uint)plan.Segments.Length, &native, &stats);
                 if (rc < 0)
-                    throw NativeErrors.FromCode(rc, NativeErrors.LastMessage());
+                    throw NativeErrors.FromCode(rc, NamingTheTensor(snapshot, stats.FailedRegion, NativeErrors.LastMessage()));
                 return new RestoreResult((long)stats.BytesCopied, (long)stats.BytesRead, stats.Seconds,
                     (IoMode)stats.IoModeUsed, (int)stats.Threads) { FallbackChunks = (int)stats.FallbackChunks, Verified = verify };
             }
@@ -116,6 +116,10 @@ public sealed class ThawEngine : IDisposable
             NativeMemory.Free(cancel);
         }
     }
+
+    // The core knows regions by index; users know tensors by name.
+    private static string NamingTheTensor(Snapshot snapshot, uint region, string message) =>
+        region < (uint)snapshot.Tensors.Count ? $"tensor '{snapshot.Tensors[(int)region].Name}': {message}" : message;
 
     /// <summary>Restores named tensors into caller-owned device memory, after checking
     /// that each destination lies inside one allocation of this engine's device.</summary>

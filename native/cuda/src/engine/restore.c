@@ -193,11 +193,15 @@ static void *lane_main(void *arg)
     return NULL;
 }
 
-static int validate_plan(thawcore_engine *e, const thawcore_extent *extents, uint32_t extent_count,
+/* Every extent and segment lies inside the file as it is now (a file that is already short
+ * is refused before anything is allocated for it; one that shrinks later is a short read). */
+static int validate_plan(thawcore_engine *e, const char *path, uint64_t file_size,
+                         const thawcore_extent *extents, uint32_t extent_count,
                          const thawcore_segment *segments, uint32_t segment_count, int direct,
-                         uint64_t *chunk_count)
+                         uint64_t *chunk_count, uint32_t *failed_region)
 {
     uint64_t chunks = 0;
+    uint64_t file_end_aligned = file_size + (ALIGN - file_size % ALIGN) % ALIGN; /* O_DIRECT reads whole blocks */
     for (uint32_t i = 0; i < extent_count; i++) {
         const thawcore_extent *x = &extents[i];
         if (x->file_offset + x->length < x->file_offset ||
@@ -212,10 +216,20 @@ static int validate_plan(thawcore_engine *e, const thawcore_extent *extents, uin
                 seg->file_offset + seg->length > x->file_offset + x->length)
                 return thaw_fail(THAWCORE_ERR_INVALID_PLAN,
                                  "segment %u (region %u) is not inside extent %u in ascending order", s, seg->region, i);
+            if (seg->file_offset + seg->length > file_size) {
+                *failed_region = seg->region;
+                return thaw_fail(THAWCORE_ERR_SHORT_READ,
+                                 "%s is truncated: region %u needs bytes up to offset %llu, the file ends before %llu",
+                                 path, seg->region, (unsigned long long)(seg->file_offset + seg->length),
+                                 (unsigned long long)file_size);
+            }
             if (seg->device_address && seg->device_address + seg->length < seg->device_address)
                 return thaw_fail(THAWCORE_ERR_INVALID_PLAN, "segment %u (region %u) wraps the address space", s, seg->region);
             previous_end = seg->file_offset + seg->length;
         }
+        if (x->file_offset + x->length > file_end_aligned)
+            return thaw_fail(THAWCORE_ERR_SHORT_READ, "%s is truncated: extent %u needs bytes up to offset %llu, the file has %llu",
+                             path, i, (unsigned long long)(x->file_offset + x->length), (unsigned long long)file_size);
         chunks += (x->length + e->chunk - 1) / e->chunk;
     }
     if (chunks > UINT32_MAX / 2)
@@ -335,12 +349,16 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
     int zero_copy = mode == THAWCORE_IO_ZEROCOPY;
 
     uint64_t chunk_count = 0, staged_chunks = 0;
-    int rc = validate_plan(e, extents, extent_count, segments, segment_count, direct_used, &staged_chunks);
+    uint32_t invalid_region = UINT32_MAX;
+    int rc = validate_plan(e, path, file_size, extents, extent_count, segments, segment_count, direct_used,
+                           &staged_chunks, &invalid_region);
     restore_job job = {
         .engine = e, .path = path, .fd = fd, .file_size = file_size, .extents = extents, .segments = segments,
         .options = options, .verify = verify, .zero_copy = zero_copy,
     };
     thaw_first_failure_init(&job.failure);
+    if (rc && invalid_region != UINT32_MAX)
+        thaw_first_failure_record(&job.failure, rc, invalid_region);
     /* The mapping covers the plan's range up to the end of the file: bytes past it are
      * never touched (they would fault), the staged read reports the short file instead. */
     if (!rc && zero_copy && file_size > lo && hi > lo) {
