@@ -170,6 +170,8 @@ public class PoolTests
         using var pool = new SnapshotPool(_engine, 1 << 20);
         using var server = new PoolServer(pool, _socket, allowedUids: [987654]) { SharedMemoryDirectory = _files.Directory };
         server.Start();
+        if (!OperatingSystem.IsWindows()) // the allowed uid must be able to connect; SO_PEERCRED turns the rest away
+            Assert.That(File.GetUnixFileMode(_socket) & UnixFileMode.OtherWrite, Is.EqualTo(UnixFileMode.OtherWrite));
         using var client = new PoolClient(_socket);
         Assert.That(() => client.Send(Op("status")), Throws.InstanceOf<ThawException>().With.Message.Contains("is not served"));
     }

@@ -59,10 +59,21 @@ public sealed class PoolServer : IDisposable
         }
         _listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
         if (!OperatingSystem.IsWindows())
-            File.SetUnixFileMode(SocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            File.SetUnixFileMode(SocketPath, SocketMode(_allowedUids));
         _budget = new RequestBudget(Limits.MaxRequestBytes);
         _listener.Listen(Math.Max(64, Limits.MaxConnections)); // the kernel caps it at somaxconn
         _acceptLoop = Task.Run(AcceptLoop);
+    }
+
+    /// <summary>Owner only, unless other uids are served: they must be able to connect at all, and
+    /// SO_PEERCRED, checked on every connection, still turns away every uid not named.</summary>
+    internal static UnixFileMode SocketMode(IReadOnlySet<uint> allowedUids)
+    {
+        const UnixFileMode owner = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        uint self = PeerCredentials.CurrentUid();
+        return allowedUids.Any(uid => uid != self)
+            ? owner | UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite
+            : owner;
     }
 
     /// <summary>Serves until cancelled (the CLI's foreground mode).</summary>
