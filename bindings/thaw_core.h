@@ -114,8 +114,17 @@ uint32_t thawcore_crc32c(uint32_t crc, const void *data, size_t length);
 /* crc of A||B from crc(A), crc(B) and len(B). */
 uint32_t thawcore_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
 
-/* Number of devices of a kind (the mock always has 1); < 0 on failure. */
+/* Number of devices of a kind (the mock always has THAWCORE_MOCK_DEVICES); < 0 on failure. */
 int thawcore_device_count(int32_t device_kind);
+
+/* Mock devices 0 .. THAWCORE_MOCK_DEVICES-1: each its own device, as GPUs of one node are. */
+#define THAWCORE_MOCK_DEVICES 8
+
+/* The identity of a device, the same in every process of the node whatever ordinal it sees
+ * (CUDA_VISIBLE_DEVICES renumbers GPUs): CUDA, the GPU's UUID as nvidia-smi prints it
+ * ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", from cuDeviceGetUuid); mock, "mock-<ordinal>".
+ * Writes it NUL-terminated into out; needs no context. Returns its length (without the NUL). */
+int thawcore_device_identity(int32_t device_kind, int32_t ordinal, char *out, uint32_t capacity);
 
 int thawcore_engine_create(const thawcore_engine_options *options, thawcore_engine **out);
 void thawcore_engine_destroy(thawcore_engine *engine);
@@ -183,6 +192,52 @@ int thawcore_engine_ipc_handle(thawcore_engine *engine, uint64_t address, void *
 
 /* Runs the copies over all lanes (split into chunk-sized pieces) and waits for all of them. */
 int thawcore_engine_copy_host_to_device(thawcore_engine *engine, const thawcore_copy *copies, uint32_t count);
+
+/* One allocation of a peer, by its IPC handle (as for thawcore_engine_ipc_open), and its copies:
+ * copies[first_copy .. first_copy + copy_count). Allocations list their copies in order, back
+ * to back, covering the copy array exactly. */
+typedef struct thawcore_peer_allocation {
+    const void *handle;
+    uint32_t handle_length;
+    uint32_t first_copy;
+    uint32_t copy_count;
+    uint32_t reserved;              /* zero */
+} thawcore_peer_allocation;
+
+/* Host bytes to [offset, offset + length) of an allocation. Refused, before any byte goes into
+ * that allocation, unless [offset, offset + capacity) lies inside what the handle opens and
+ * length <= capacity. */
+typedef struct thawcore_peer_copy {
+    uint64_t host_address;
+    uint64_t offset;
+    uint64_t capacity;
+    uint64_t length;
+} thawcore_peer_copy;
+
+/* Where a peer copy's time went. The lanes' thread time in each part, divided by the lanes, so
+ * that open + wait + copy + close <= seconds (one lane's life is at most the wall time). */
+typedef struct thawcore_peer_copy_stats {
+    double open_seconds;            /* opening handles and bounding their copies */
+    double wait_seconds;            /* waiting for an allocation that another lane is opening */
+    double copy_seconds;            /* issuing copies and waiting for them to complete */
+    double close_seconds;           /* closing handles */
+    double seconds;                 /* wall time of the whole call */
+    uint32_t lanes;
+    uint32_t failed_allocation;     /* the allocation of the first error, or UINT32_MAX */
+    uint32_t failed_copy;           /* the copy of the first error (a bound), or UINT32_MAX */
+    uint32_t serial;                /* 1 when THAWCORE_POOL_OPEN=serial opened and closed them in order */
+} thawcore_peer_copy_stats;
+
+/* Opens a peer's allocations in parallel on the lanes' threads, copies into each one as soon as
+ * it is open and bounded while others are still opening, and closes each behind its last
+ * copy; nothing stays mapped after the call. On failure no copy is in flight and every
+ * allocation is closed; allocations already bounded may have been written (they are the
+ * peer's own). THAWCORE_POOL_OPEN=serial (for measurements) opens all first, in order, on
+ * the calling thread, and closes all after. stats may be NULL. */
+int thawcore_engine_peer_copy(thawcore_engine *engine, const thawcore_ipc_peer *peer,
+                              const thawcore_peer_allocation *allocations, uint32_t allocation_count,
+                              const thawcore_peer_copy *copies, uint32_t copy_count,
+                              thawcore_peer_copy_stats *stats);
 
 /* Test support. Arms one fault for the whole process: the after-th time (counting
  * from 0) the core reaches a point of that kind, it fails there as the real fault

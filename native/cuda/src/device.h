@@ -50,5 +50,8 @@ struct thaw_device {
 int thaw_device_open_mock(int ordinal, thaw_device *out);
 int thaw_device_open_cuda(int ordinal, thaw_device *out);
 int thaw_device_count_cuda(void);
+/* thawcore_device_identity of each backend: the string and its length. */
+int thaw_device_identity_mock(int ordinal, char *out, uint32_t capacity);
+int thaw_device_identity_cuda(int ordinal, char *out, uint32_t capacity);
 
 #endif

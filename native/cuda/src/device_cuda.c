@@ -21,6 +21,7 @@ typedef void *CUstream;
 typedef void *CUevent;
 typedef uint64_t CUdeviceptr;
 typedef struct { char reserved[64]; } CUipcMemHandle;
+typedef struct { unsigned char bytes[16]; } CUuuid;
 
 enum {
     CUDA_SUCCESS = 0,
@@ -66,6 +67,7 @@ static struct {
     CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned);
     CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
     CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
+    CUresult (*cuDeviceGetUuid)(CUuuid *, CUdevice);
 } cu;
 
 static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
@@ -124,6 +126,9 @@ static void load_driver(void)
         }
         *(void **)((char *)&cu + symbols[i].offset) = fn;
     }
+    /* _v2 tells MIG instances apart (the first version gives each the whole GPU's UUID). */
+    void *uuid = dlsym(lib, "cuDeviceGetUuid_v2");
+    cu.cuDeviceGetUuid = uuid ? uuid : dlsym(lib, "cuDeviceGetUuid");
     CUresult r = cu.cuInit(0);
     if (r != CUDA_SUCCESS) {
         const char *text = "unknown error";
@@ -449,6 +454,26 @@ int thaw_device_count_cuda(void)
     int count = 0;
     CU_CHECK(cu.cuDeviceGetCount(&count), "cuDeviceGetCount");
     return count;
+}
+
+int thaw_device_identity_cuda(int ordinal, char *out, uint32_t capacity)
+{
+    int count = thaw_device_count_cuda();
+    if (count < 0)
+        return count;
+    if (ordinal < 0 || ordinal >= count)
+        return thaw_fail(THAWCORE_ERR_NO_DEVICE, "no CUDA device %d (this machine has %d)", ordinal, count);
+    if (!cu.cuDeviceGetUuid)
+        return thaw_fail(THAWCORE_ERR_NO_DEVICE, "CUDA driver libcuda.so.1 lacks cuDeviceGetUuid (driver too old?)");
+    CUdevice device;
+    CUuuid id;
+    CU_CHECK(cu.cuDeviceGet(&device, ordinal), "cuDeviceGet");
+    CU_CHECK(cu.cuDeviceGetUuid(&id, device), "cuDeviceGetUuid");
+    const unsigned char *b = id.bytes;
+    /* nvidia-smi's spelling: GPU-8-4-4-4-12 hexadecimal digits. */
+    int n = snprintf(out, capacity, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                     b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    return n < (int)capacity ? n : thaw_fail(-ENOSPC, "a device identity needs %d bytes", n + 1);
 }
 
 int thaw_device_open_cuda(int ordinal, thaw_device *out)

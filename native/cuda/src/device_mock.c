@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -73,16 +74,20 @@ static int mock_pin_host_readonly(thaw_device *dev, const void *host, uint64_t l
 }
 
 /* Mock IPC: a handle is the name of a shared-memory file in the pool's directory, as
- * /dev/shm files are, owned by the peer. The pool writes into it with pwrite, never through
+ * /dev/shm files are, owned by the peer. A handle opened by one mock device can be copied
+ * into only by that device, as an IPC mapping belongs to the CUDA context that opened it:
+ * copies sent through another device's engine are refused, so each mock ordinal is
+ * observably its own device. The pool writes into it with pwrite, never through
  * a mapping, so a peer that truncates its file mid-copy loses its own bytes instead of
  * killing the pool with SIGBUS. Its "device address" is a reserved, inaccessible range of
  * the file's size: unique while open, and a stray direct access faults instead of writing. */
-static struct mapping { uint64_t address; uint64_t length; int fd; struct mapping *next; } *mappings;
+static struct mapping { uint64_t address; uint64_t length; int fd; int ordinal; struct mapping *next; } *mappings;
 static pthread_mutex_t mappings_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* 1 and a private descriptor of the file when [address, +length) starts inside an open mapping
  * (-BAD_DESTINATION when it runs past its end), 0 when it is ordinary host memory. */
-static int find_mapping(uint64_t address, uint64_t length, int *fd_out, uint64_t *offset_out, uint64_t *start_out)
+static int find_mapping(const thaw_device *dev, uint64_t address, uint64_t length, int *fd_out, uint64_t *offset_out,
+                        uint64_t *start_out)
 {
     int found = 0;
     pthread_mutex_lock(&mappings_lock);
@@ -90,7 +95,10 @@ static int find_mapping(uint64_t address, uint64_t length, int *fd_out, uint64_t
         if (address < m->address || address - m->address >= m->length)
             continue;
         uint64_t offset = address - m->address;
-        if (length > m->length - offset) {
+        if (m->ordinal != dev->ordinal) {
+            found = thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device %d: the shared file at 0x%llx was opened by mock device %d",
+                              dev->ordinal, (unsigned long long)m->address, m->ordinal);
+        } else if (length > m->length - offset) {
             found = thaw_fail(THAWCORE_ERR_BAD_DESTINATION,
                               "mock device: %llu bytes at offset %llu run past the end of a shared file of %llu bytes",
                               (unsigned long long)length, (unsigned long long)offset, (unsigned long long)m->length);
@@ -131,7 +139,7 @@ static int mock_copy_h2d_async(thaw_device *dev, uint64_t dst, const void *src, 
     (void)dev; (void)stream;
     int fd = -1;
     uint64_t offset = 0, start = 0;
-    int found = find_mapping(dst, length, &fd, &offset, &start);
+    int found = find_mapping(dev, dst, length, &fd, &offset, &start);
     if (found)
         return found < 0 ? found : shared_file_io(fd, (void *)src, length, offset, 1);
     memcpy((void *)(uintptr_t)dst, src, length);
@@ -143,7 +151,7 @@ static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t lengt
     (void)dev;
     int fd = -1;
     uint64_t offset = 0, start = 0;
-    int found = find_mapping(src, length, &fd, &offset, &start);
+    int found = find_mapping(dev, src, length, &fd, &offset, &start);
     if (found)
         return found < 0 ? found : shared_file_io(fd, dst, length, offset, 0);
     memcpy(dst, (const void *)(uintptr_t)src, length);
@@ -154,7 +162,7 @@ static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length,
 {
     (void)dev;
     uint64_t offset = 0, start = address;
-    int found = find_mapping(address, length, NULL, &offset, &start);
+    int found = find_mapping(dev, address, length, NULL, &offset, &start);
     if (found < 0)
         return found;
     *allocation_out = start; /* other host memory: nothing says which buffers belong together */
@@ -229,7 +237,7 @@ static int mock_ipc_open(thaw_device *dev, const void *handle, uint32_t handle_l
         close(fd);
         return rc;
     }
-    *m = (struct mapping){ (uint64_t)(uintptr_t)reserved, length, fd, NULL };
+    *m = (struct mapping){ (uint64_t)(uintptr_t)reserved, length, fd, dev->ordinal, NULL };
     pthread_mutex_lock(&mappings_lock);
     m->next = mappings;
     mappings = m;
@@ -293,12 +301,30 @@ static const thaw_device_ops mock_ops = {
     .close = mock_close,
 };
 
+static int check_ordinal(int ordinal)
+{
+    if (ordinal < 0 || ordinal >= THAWCORE_MOCK_DEVICES)
+        return thaw_fail(THAWCORE_ERR_NO_DEVICE, "mock device: no device %d (the mock has devices 0 to %d)",
+                         ordinal, THAWCORE_MOCK_DEVICES - 1);
+    return 0;
+}
+
 int thaw_device_open_mock(int ordinal, thaw_device *out)
 {
-    if (ordinal != 0)
-        return thaw_fail(THAWCORE_ERR_NO_DEVICE, "mock device: no device %d (the mock has only device 0)", ordinal);
+    int rc = check_ordinal(ordinal);
+    if (rc)
+        return rc;
     out->ops = &mock_ops;
     out->state = NULL;
-    out->ordinal = 0;
+    out->ordinal = ordinal;
     return 0;
+}
+
+int thaw_device_identity_mock(int ordinal, char *out, uint32_t capacity)
+{
+    int rc = check_ordinal(ordinal);
+    if (rc)
+        return rc;
+    int n = snprintf(out, capacity, "mock-%d", ordinal);
+    return n < (int)capacity ? n : thaw_fail(-ENOSPC, "a device identity needs %d bytes", n + 1);
 }

@@ -10,6 +10,8 @@
  *   write.c      thawcore_engine_write: the write pipeline (freeze, convert)
  *   device_ops.c device memory and IPC operations
  *   pool_copy.c  thawcore_engine_copy_host_to_device: the pool's copy lanes
+ *   peer_copy.c  thawcore_engine_peer_copy: a peer's allocations opened, copied into and
+ *                closed on those lanes, pipelined
  *   workers.c    threads, first failure, progress throttle (used by all of the above) */
 #ifndef THAW_ENGINE_H
 #define THAW_ENGINE_H
@@ -59,6 +61,9 @@ struct thawcore_engine {
 int thaw_lane_slot(thawcore_engine *e, lane *l, uint32_t slot, unsigned char **out);
 
 double thaw_now_seconds(void);
+
+/* The size of the pieces the pool's copies are cut into (THAWCORE_COPY_PIECE_MIB, else 64 MiB). */
+uint64_t thaw_pool_copy_piece(void);
 
 /* The io mode for AUTO: the fraction of the range in page cache (-1 unknown), its
  * length, and the memory available to the page cache (0 unknown). */

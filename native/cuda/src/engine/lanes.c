@@ -15,9 +15,21 @@ int thawcore_device_count(int32_t device_kind)
 {
     thaw_clear_error();
     if (device_kind == THAWCORE_DEVICE_MOCK)
-        return 1;
+        return THAWCORE_MOCK_DEVICES;
     if (device_kind == THAWCORE_DEVICE_CUDA)
         return thaw_device_count_cuda();
+    return thaw_fail(-EINVAL, "unknown device kind %d", device_kind);
+}
+
+int thawcore_device_identity(int32_t device_kind, int32_t ordinal, char *out, uint32_t capacity)
+{
+    thaw_clear_error();
+    if (!out || capacity == 0)
+        return thaw_fail(-EINVAL, "missing argument");
+    if (device_kind == THAWCORE_DEVICE_MOCK)
+        return thaw_device_identity_mock(ordinal, out, capacity);
+    if (device_kind == THAWCORE_DEVICE_CUDA)
+        return thaw_device_identity_cuda(ordinal, out, capacity);
     return thaw_fail(-EINVAL, "unknown device kind %d", device_kind);
 }
 

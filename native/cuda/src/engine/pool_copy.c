@@ -1,5 +1,6 @@
 /* The pool's copy lanes: host memory pinned once (thaw pool) to device addresses, cut
- * into pieces spread over the engine's lane streams. */
+ * into pieces spread over the engine's lane streams. Copies into a peer's IPC allocations,
+ * opened and closed on the lanes too, are peer_copy.c. */
 #define _GNU_SOURCE
 #include "thaw_core.h"
 #include "engine/engine.h"
@@ -13,7 +14,7 @@
  * THAWCORE_COPY_PIECE_MIB overrides it, for those measurements. */
 #define DEFAULT_COPY_PIECE (64ull << 20)
 
-static uint64_t copy_piece(void)
+uint64_t thaw_pool_copy_piece(void)
 {
     const char *mib = getenv("THAWCORE_COPY_PIECE_MIB");
     uint64_t size = mib ? strtoull(mib, NULL, 10) << 20 : DEFAULT_COPY_PIECE;
@@ -76,7 +77,7 @@ int thawcore_engine_copy_host_to_device(thawcore_engine *e, const thawcore_copy 
     uint64_t *piece_start = malloc(((size_t)count + 1) * sizeof(uint64_t));
     if (!piece_start)
         return thaw_fail(-ENOMEM, "out of host memory");
-    uint64_t size = copy_piece();
+    uint64_t size = thaw_pool_copy_piece();
     piece_start[0] = 0;
     for (uint32_t i = 0; i < count; i++)
         piece_start[i + 1] = piece_start[i] + (copies[i].length + size - 1) / size;
