@@ -156,6 +156,48 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_host_to_device")]
         internal static unsafe partial int EngineCopyHostToDevice(EngineHandle engine, Copy* copies, uint count);
 
+        internal const int MockDevices = 8;
+
+        [LibraryImport(Library, EntryPoint = "thawcore_device_identity")]
+        internal static unsafe partial int DeviceIdentity(int deviceKind, int ordinal, byte* identity, uint capacity);
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal unsafe struct PeerAllocation
+        {
+            public byte* Handle;
+            public uint HandleLength;
+            public uint FirstCopy;
+            public uint CopyCount;
+            public uint Reserved;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct PeerCopy
+        {
+            public ulong HostAddress;
+            public ulong Offset;
+            public ulong Capacity;
+            public ulong Length;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct PeerCopyStats
+        {
+            public double OpenSeconds;
+            public double WaitSeconds;
+            public double CopySeconds;
+            public double CloseSeconds;
+            public double Seconds;
+            public uint Lanes;
+            public uint FailedAllocation;
+            public uint FailedCopy;
+            public uint Serial;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_peer_copy")]
+        internal static unsafe partial int EnginePeerCopy(EngineHandle engine, IpcPeer* peer, PeerAllocation* allocations, uint allocationCount,
+            PeerCopy* copies, uint copyCount, PeerCopyStats* stats);
+
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
             FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8;
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import ThawError, from_code
 
 DEVICE_MOCK = 0
+MOCK_DEVICES = 8  # THAWCORE_MOCK_DEVICES in bindings/thaw_core.h
 DEVICE_CUDA = 1
 IO_MODES = {"auto": 0, "buffered": 1, "direct": 2, "zerocopy": 3}
 
@@ -51,7 +52,16 @@ class RestoreStats(ctypes.Structure):
         ("threads", ctypes.c_int32),
         ("source", ctypes.c_int32),
         ("reserved", ctypes.c_int32),
+        # Through a pool: where the time went (docs/POOL.md, "Where a restore's time goes").
+        ("resolve_s", ctypes.c_double),
+        ("request_s", ctypes.c_double),
+        ("pool_s", ctypes.c_double),
+        ("open_s", ctypes.c_double),
+        ("wait_s", ctypes.c_double),
+        ("copy_s", ctypes.c_double),
+        ("close_s", ctypes.c_double),
     ]
+    TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 
     # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.
     SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill"}

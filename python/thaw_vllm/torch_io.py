@@ -60,12 +60,15 @@ def device_scope(device):
     return device if hasattr(device, "__enter__") else contextlib.nullcontext()
 
 
-def _device_request(device: torch.device, **engine_options):
+def _device_request(device: torch.device, mock_device: int = 0, **engine_options):
+    """mock_device: which of the mock's devices (0-7) CPU tensors stand on; ignored for CUDA tensors."""
     if device.type == "cuda":
         ordinal = device.index if device.index is not None else torch.cuda.current_device()
         return _native.make_request(_native.DEVICE_CUDA, ordinal, **engine_options)
     if device.type == "cpu":
-        return _native.make_request(_native.DEVICE_MOCK, 0, **engine_options)
+        if not isinstance(mock_device, int) or isinstance(mock_device, bool) or not 0 <= mock_device < _native.MOCK_DEVICES:
+            raise ValueError(f"mock_device must be an integer from 0 to {_native.MOCK_DEVICES - 1}, not {mock_device!r}")
+        return _native.make_request(_native.DEVICE_MOCK, mock_device, **engine_options)
     raise ValueError(f"Thaw restores into cuda or cpu tensors, not {device.type}")
 
 

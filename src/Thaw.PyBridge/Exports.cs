@@ -54,6 +54,14 @@ public static unsafe partial class Exports
         public int Threads;
         public int Source;          // RestoreSource: which path served the bytes
         public int Reserved;
+        // Through a pool (PoolRestoreTimings), else 0: the client's own time, then the pool's.
+        public double ResolveSeconds;
+        public double RequestSeconds;
+        public double PoolSeconds;
+        public double OpenSeconds;
+        public double WaitSeconds;
+        public double CopySeconds;
+        public double CloseSeconds;
     }
 
     /// <summary>Which path served a restore's bytes (the loader's log line names it).</summary>
@@ -158,6 +166,9 @@ public static unsafe partial class Exports
             {
                 Bytes = r.Bytes, Seconds = r.Seconds, IoMode = (int)IoMode.Buffered,
                 Source = (int)(r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
+                ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
+                PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
+                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds,
             };
         return 0;
     });

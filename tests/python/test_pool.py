@@ -121,3 +121,23 @@ def test_thaw_pool_status_json_for_scripts(tmp_path, server):
     [held] = status["snapshots"]
     assert held["snapshot"] == str(snapshot) and held["hits"] == 1 and held["bytes_served"] == 5000 * 4 <= held["bytes"]
     assert status["used_bytes"] >= held["bytes"]
+
+
+def test_the_restore_says_where_its_time_went_and_which_device_served_it(tmp_path, server):
+    state = {f"w{i}": torch.randn(2000 + 100 * i) for i in range(4)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    pool.load(snapshot, server)
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    stats = pool.restore_tensors(target, snapshot, server, mock_device=2)
+    t = stats["timings"]
+    assert set(t) == {"resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s"}
+    assert all(v >= 0 for v in t.values()) and t["resolve_s"] > 0 and t["pool_s"] > 0 and t["open_s"] > 0
+    assert t["resolve_s"] + t["request_s"] + t["pool_s"] == pytest.approx(stats["seconds"], abs=1e-9)
+    assert t["open_s"] + t["wait_s"] + t["copy_s"] + t["close_s"] <= t["pool_s"]
+    for name, tensor in state.items():
+        assert torch.equal(target[name], tensor)
+    devices = {d["device"]: d["restores"] for d in pool.status(server)["devices"]}
+    assert devices == {"mock-0": 0, "mock-2": 1}, "served on the client's own device; the default one stays idle"
+    with pytest.raises(ValueError, match="mock_device"):
+        pool.restore_tensors(target, snapshot, server, mock_device=8)

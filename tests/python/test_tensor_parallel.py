@@ -71,12 +71,13 @@ def test_four_ranks_restore_their_own_files_at_once(tmp_path):
         assert result["served"] == "file" and result["digests"] == expected[rank], rank
 
 
-def test_one_pool_serves_every_rank_at_once(tmp_path):
+def test_one_pool_serves_every_rank_at_once_each_on_its_own_device(tmp_path):
     if not THAW.is_file():
         pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
     directory = tmp_path / "snapshot"
     directory.mkdir()
-    expected = freeze_ranks(directory, 2)
+    world = 3
+    expected = freeze_ranks(directory, world)
     socket_path, shm = tmp_path / "pool.sock", tmp_path / "shm"
     shm.mkdir()
     server = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "mock",
@@ -86,13 +87,18 @@ def test_one_pool_serves_every_rank_at_once(tmp_path):
             if socket_path.exists():
                 break
             time.sleep(0.05)
-        for rank in range(2):
-            pool.load(rank_file(directory, Ranks(tp_rank=rank, tp_world=2)), socket_path)
-        results = run_ranks(tmp_path, directory, 2, "pool", socket=str(socket_path), shm_dir=str(shm))
-        held = {Path(s["snapshot"]).name: s["hits"] for s in pool.status(socket_path)["snapshots"]}
+        for rank in range(world):
+            pool.load(rank_file(directory, Ranks(tp_rank=rank, tp_world=world)), socket_path)
+        results = run_ranks(tmp_path, directory, world, "pool", socket=str(socket_path), shm_dir=str(shm))
+        status = pool.status(socket_path)
+        held = {Path(s["snapshot"]).name: s["hits"] for s in status["snapshots"]}
+        devices = {d["device"]: (d["restores"], d["bytes"]) for d in status["devices"]}
     finally:
         server.terminate()
         server.wait(timeout=10)
     for rank, result in enumerate(results):
         assert result["served"] == "pool" and result["digests"] == expected[rank], rank
-    assert held == {"weights.tp0.thaw": 1, "weights.tp1.thaw": 1}
+    assert held == {f"weights.tp{r}.thaw": 1 for r in range(world)}
+    # Every rank's restore ran on the pool's engine for that rank's device (each counted there).
+    rank_bytes = thaw_vllm.info(rank_file(directory, Ranks(tp_rank=0, tp_world=world)))["tensor_bytes"]
+    assert devices == {f"mock-{r}": (1, rank_bytes) for r in range(world)}

@@ -33,7 +33,8 @@ def from_the_file(path):
 
 def through_the_pool(path, socket_path, shm_dir, rank):
     """The mock pool opens files in its --shm-dir: this rank's "device memory" is one mapped
-    MAP_SHARED from there, and the client hands the pool pointers into it."""
+    MAP_SHARED from there, and the client hands the pool pointers into it. Each rank stands on
+    its own mock device (mock-<rank>), as each rank has its own GPU."""
     header = thaw_vllm.info(path)
     memory = Path(shm_dir) / f"rank{rank}-memory"
     size = header["file_length"] - header["data_offset"]
@@ -41,7 +42,7 @@ def through_the_pool(path, socket_path, shm_dir, rank):
     raw = torch.from_file(str(memory), shared=True, size=size, dtype=torch.uint8)
     tensors = {t["name"]: raw[t["offset"]:t["offset"] + t["length"]].view(torch_dtype(t["dtype"])).reshape(t["shape"])
                for t in header["tensors"]}
-    stats = pool.restore_tensors(tensors, path, socket_path)
+    stats = pool.restore_tensors(tensors, path, socket_path, mock_device=rank)
     return {n: digest(t) for n, t in tensors.items()}, stats["source"]
 
 

@@ -10,6 +10,11 @@ namespace Thaw.Interop.Pool;
 /// the pool already held the snapshot (a hit) or read it from the file while serving (a fill).</summary>
 public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled)
 {
+    /// <summary>Where the time went, on both sides (docs/POOL.md, "Where a restore's time goes").</summary>
+    public PoolRestoreTimings Timings { get; init; } = PoolRestoreTimings.None;
+    /// <summary>The identity of the device the pool copied into.</summary>
+    public string Device { get; init; } = "";
+
     /// <summary>Bytes over seconds, in GB/s.</summary>
     public double GigabytesPerSecond => Seconds > 0 ? Bytes / Seconds / 1e9 : 0;
 }
@@ -96,6 +101,7 @@ public sealed class PoolClient : IDisposable
     /// <exception cref="ThawException">The pool refused the request for another reason, or did not answer in time.</exception>
     public PoolRestoreResult Restore(ThawEngine engine, Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool fill = false)
     {
+        var started = System.Diagnostics.Stopwatch.StartNew();
         RestorePlan.Create(snapshot, targets, mergeSegments: false);
         var ipc = new IpcTargets(engine, engine.Kind == DeviceKind.Mock ? SharedMemoryDirectory() : null);
         var wanted = new List<PoolTarget>(targets.Count);
@@ -113,10 +119,10 @@ public sealed class PoolClient : IDisposable
         // the limit allows a fill from a slow disk.
         _socket.ReceiveTimeout = (int)Math.Min(int.MaxValue, 120_000 + bytes / 200_000);
         JsonDocument response;
-        var started = System.Diagnostics.Stopwatch.StartNew();
+        double resolved = started.Elapsed.TotalSeconds;
         try
         {
-            response = Send(PoolProtocol.RestoreRequest(snapshot.Path, wanted, fill));
+            response = Send(PoolProtocol.RestoreRequest(snapshot.Path, wanted, fill, engine.Identity));
         }
         catch (FileNotFoundException e)
         {
@@ -139,8 +145,13 @@ public sealed class PoolClient : IDisposable
         using (response)
         {
             JsonElement root = response.RootElement;
-            return new PoolRestoreResult(root.GetProperty("bytes").GetInt64(), started.Elapsed.TotalSeconds,
-                root.TryGetProperty("served", out JsonElement served) && served.GetString() == "fill");
+            double total = started.Elapsed.TotalSeconds;
+            return new PoolRestoreResult(root.GetProperty("bytes").GetInt64(), total,
+                root.TryGetProperty("served", out JsonElement served) && served.GetString() == "fill")
+            {
+                Timings = PoolRestoreTimings.From(root, resolved, total),
+                Device = root.TryGetProperty("device", out JsonElement d) ? d.GetString() ?? "" : "",
+            };
         }
     }
 

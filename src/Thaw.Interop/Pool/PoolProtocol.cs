@@ -57,10 +57,12 @@ public static class PoolProtocol
     }
 
     /// <summary>A restore request (what <see cref="PoolRequest"/> parses).</summary>
-    public static string RestoreRequest(string snapshot, IEnumerable<PoolTarget> targets, bool fill) => Write(w =>
+    public static string RestoreRequest(string snapshot, IEnumerable<PoolTarget> targets, bool fill, string? device = null) => Write(w =>
     {
         w.WriteString("op", "restore");
         w.WriteString("snapshot", snapshot);
+        if (device is not null)
+            w.WriteString("device", device);
         if (fill)
             w.WriteBoolean("fill", true);
         w.WriteStartArray("targets");

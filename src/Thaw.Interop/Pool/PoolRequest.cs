@@ -8,6 +8,9 @@ namespace Thaw.Interop.Pool;
 /// is bounded before use and a refusal names it (<c>targets[3].offset</c>). Unknown fields are skipped.</summary>
 internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<PoolTarget>? Targets)
 {
+    /// <summary>The device the client's memory is on (its identity, <see cref="DeviceEngines"/>); null: the pool's default.</summary>
+    public string? Device { get; init; }
+
     /// <summary>Longest snapshot path, tensor name or op (Linux's PATH_MAX).</summary>
     public const int MaxStringBytes = 4096;
 
@@ -30,12 +33,12 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
             Next(ref reader);
             if (reader.TokenType != JsonTokenType.StartObject)
                 throw new FormatException($"a request is a JSON object, not {Describe(ref reader)}");
-            string? op = null, snapshot = null;
+            string? op = null, snapshot = null, device = null;
             List<PoolTarget>? targets = null;
             while (Next(ref reader) == JsonTokenType.PropertyName)
             {
                 string field = reader.ValueTextEquals("op") ? "op" : reader.ValueTextEquals("snapshot") ? "snapshot"
-                    : reader.ValueTextEquals("targets") ? "targets" : "";
+                    : reader.ValueTextEquals("targets") ? "targets" : reader.ValueTextEquals("device") ? "device" : "";
                 Next(ref reader);
                 switch (field)
                 {
@@ -48,6 +51,9 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
                     case "targets":
                         targets = Once(targets, ReadTargets(ref reader), "targets");
                         break;
+                    case "device":
+                        device = Once(device, Identity(ref reader, "device"), "device");
+                        break;
                     default:
                         reader.Skip();
                         break;
@@ -55,7 +61,7 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
             }
             if (reader.Read())
                 throw new FormatException("the request has more after its closing brace");
-            return new PoolRequest(op ?? throw new FormatException("no field 'op'"), snapshot, targets);
+            return new PoolRequest(op ?? throw new FormatException("no field 'op'"), snapshot, targets) { Device = device };
         }
         catch (JsonException e)
         {
@@ -153,6 +159,15 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
         }
         if (string.IsNullOrEmpty(text) || Encoding.UTF8.GetByteCount(text) > maxBytes || text.Contains('\0'))
             throw new FormatException($"{field}: expected 1 to {maxBytes} bytes of text without NUL");
+        return text;
+    }
+
+    /// <summary>A device identity: 1 to <see cref="DeviceEngines.MaxIdentityBytes"/> printable ASCII characters.</summary>
+    private static string Identity(ref Utf8JsonReader reader, string field)
+    {
+        string text = String(ref reader, field, DeviceEngines.MaxIdentityBytes);
+        if (!text.All(c => c is > ' ' and < (char)127))
+            throw new FormatException($"{field}: expected a device identity of printable ASCII (a GPU's UUID, or mock-N)");
         return text;
     }
 

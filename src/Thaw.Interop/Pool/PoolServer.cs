@@ -254,15 +254,15 @@ public sealed class PoolServer : IDisposable
                         w.WriteEndObject();
                     }
                     w.WriteEndArray();
+                    PoolStatus.WriteDevices(w, _pool.Devices);
                 });
             case "restore":
             {
-                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer);
+                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device);
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);
-                    w.WriteNumber("bytes", result.Bytes);
-                    w.WriteNumber("seconds", result.Seconds);
+                    result.WriteTo(w);
                 });
             }
             default:

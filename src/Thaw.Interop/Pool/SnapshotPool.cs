@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Thaw.Interop.Format;
 using Thaw.Interop.Restore;
-using Copy = Thaw.Interop.Native.Interop.ThawCore.Copy;
 
 namespace Thaw.Interop.Pool;
 
@@ -32,16 +31,34 @@ public sealed unsafe class SnapshotPool : IDisposable
     }
 
     private readonly ThawEngine _device;
+    private readonly DeviceEngines _devices;
+    private readonly bool _ownsDevices;
     private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Task<Entry>> _loading = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
 
-    /// <summary>A pool pinning at most <paramref name="budgetBytes"/> through <paramref name="device"/>'s engine.</summary>
-    public SnapshotPool(ThawEngine device, long budgetBytes)
+    /// <summary>A pool pinning at most <paramref name="budgetBytes"/> through <paramref name="device"/>'s engine,
+    /// which serves clients that name no device; other devices of its kind get engines of their own.</summary>
+    public SnapshotPool(ThawEngine device, long budgetBytes) : this(DeviceEngines.Around(device), budgetBytes, ownsDevices: true)
     {
-        _device = device;
+    }
+
+    /// <summary>A pool serving every device of <paramref name="devices"/>, pinning through its default engine.</summary>
+    public SnapshotPool(DeviceEngines devices, long budgetBytes) : this(devices, budgetBytes, ownsDevices: false)
+    {
+    }
+
+    private SnapshotPool(DeviceEngines devices, long budgetBytes, bool ownsDevices)
+    {
+        // Pinned with CU_MEMHOSTREGISTER_PORTABLE (device_cuda.c): every device's context copies from it.
+        _device = devices.Default;
+        _devices = devices;
+        _ownsDevices = ownsDevices;
         BudgetBytes = budgetBytes;
     }
+
+    /// <summary>The devices served so far, with their restores and bytes.</summary>
+    public IReadOnlyList<PoolDeviceInfo> Devices => _devices.List();
 
     /// <summary>Most pinned bytes the pool holds.</summary>
     public long BudgetBytes { get; }
@@ -152,14 +169,18 @@ public sealed unsafe class SnapshotPool : IDisposable
     /// <summary>Most distinct allocations one restore may open.</summary>
     public const int MaxHandlesPerRestore = 1024;
 
-    /// <summary>Copies the named tensors from pinned memory into the peer's allocations. Every
-    /// target is bounded by the real size of the allocation its handle opens before any copy.</summary>
+    /// <summary>Copies the named tensors from pinned memory into the peer's allocations, on the engine of
+    /// the device the client named (<paramref name="device"/>; null: the default device). Every target
+    /// is bounded by the real size of the allocation its handle opens before any copy into it; the
+    /// handles are opened in parallel and closed before this returns (<see cref="ThawEngine.CopyToPeer"/>).</summary>
     /// <exception cref="FileNotFoundException">The pool does not hold the snapshot.</exception>
-    /// <exception cref="ThawMismatchException">A name the snapshot lacks, a destination too small or past
-    /// the end of its allocation, or a handle that cannot be opened or is not the peer's.</exception>
-    public RestoreResult Restore(string path, IReadOnlyList<PoolTarget> targets, PoolPeer peer)
+    /// <exception cref="ThawMismatchException">An unknown device, a name the snapshot lacks, a destination too
+    /// small or past the end of its allocation, or a handle that cannot be opened or is not the peer's.</exception>
+    public PoolServedRestore Restore(string path, IReadOnlyList<PoolTarget> targets, PoolPeer peer, string? device = null)
     {
+        var started = Stopwatch.StartNew();
         string key = Key(path);
+        ThawEngine engine = _devices.For(device); // an unknown device is refused before anything is opened
         Entry entry;
         lock (_lock)
         {
@@ -167,56 +188,21 @@ public sealed unsafe class SnapshotPool : IDisposable
                 throw new FileNotFoundException($"the pool does not hold {key}", key);
             entry.InUse++;
         }
-        var opened = new Dictionary<string, (ulong Address, long Length)>(StringComparer.Ordinal);
-        var started = Stopwatch.StartNew();
         try
         {
-            var copies = new List<Copy>(targets.Count);
-            long bytes = 0;
-            var seen = new HashSet<string>(StringComparer.Ordinal);
-            foreach (PoolTarget target in targets)
-            {
-                int region = entry.Snapshot.IndexOf(target.Name);
-                if (region < 0 || !seen.Add(target.Name))
-                    throw new ThawMismatchException($"{key}: the snapshot has no tensor '{target.Name}', or it is asked twice");
-                TensorEntry tensor = entry.Snapshot.Tensors[region];
-                if (target.Capacity < tensor.Length || target.Offset < 0)
-                    throw new ThawMismatchException($"{key}: the destination of tensor '{tensor.Name}' holds {target.Capacity} bytes, the snapshot region has {tensor.Length}");
-                string handleKey = Convert.ToBase64String(target.Handle);
-                if (!opened.TryGetValue(handleKey, out var allocation))
-                {
-                    if (opened.Count == MaxHandlesPerRestore)
-                        throw new ThawMismatchException($"{key}: a restore may open at most {MaxHandlesPerRestore} allocations");
-                    try
-                    {
-                        allocation = _device.IpcOpen(target.Handle, peer.Uid, peer.SharedMemoryDirectory);
-                    }
-                    catch (ThawMismatchException e)
-                    {
-                        throw new ThawMismatchException($"tensor '{tensor.Name}': {e.Message}");
-                    }
-                    opened[handleKey] = allocation;
-                }
-                if (target.Offset > allocation.Length || target.Capacity > allocation.Length - target.Offset)
-                    throw new ThawMismatchException($"{key}: the destination of tensor '{tensor.Name}' (offset {target.Offset}, " +
-                        $"capacity {target.Capacity}) runs past the end of its allocation of {allocation.Length} bytes");
-                if (tensor.Length > 0)
-                    copies.Add(new Copy { HostAddress = (ulong)(entry.Buffer + tensor.Offset), DeviceAddress = allocation.Address + (ulong)target.Offset, Length = (ulong)tensor.Length });
-                bytes += tensor.Length;
-            }
-            _device.CopyHostToDevice(copies.ToArray());
+            var plan = PeerCopyPlan.Create(key, entry.Snapshot, (ulong)entry.Buffer, targets, MaxHandlesPerRestore);
+            PeerCopyTimings timings = plan.Run(engine, peer);
             lock (_lock)
             {
                 entry.Hits++;
-                entry.BytesServed += bytes;
+                entry.BytesServed += plan.Bytes;
                 entry.LastUsed = DateTime.UtcNow;
             }
-            return new RestoreResult(bytes, 0, started.Elapsed.TotalSeconds, IoMode.Buffered, 0);
+            _devices.Served(device, plan.Bytes);
+            return new PoolServedRestore(plan.Bytes, started.Elapsed.TotalSeconds, engine.Identity, timings);
         }
         finally
         {
-            foreach (var allocation in opened.Values)
-                _device.IpcClose(allocation.Address);
             lock (_lock)
                 entry.InUse--;
         }
@@ -232,7 +218,7 @@ public sealed unsafe class SnapshotPool : IDisposable
     private static PoolEntryInfo Info(string key, Entry e) =>
         new(key, e.Snapshot.DataLength, e.Snapshot.Tensors.Count, e.Hits, e.BytesServed, e.LastUsed);
 
-    /// <summary>Releases every snapshot's pinned memory.</summary>
+    /// <summary>Releases every snapshot's pinned memory (and the engines it opened for other devices).</summary>
     public void Dispose()
     {
         lock (_lock)
@@ -240,5 +226,7 @@ public sealed unsafe class SnapshotPool : IDisposable
             foreach (var (key, entry) in _entries.ToList())
                 Release(key, entry);
         }
+        if (_ownsDevices)
+            _devices.Dispose();
     }
 }

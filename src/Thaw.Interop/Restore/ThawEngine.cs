@@ -10,7 +10,7 @@ namespace Thaw.Interop.Restore;
 
 /// <summary>A device with its pinned staging memory, allocated once and reused by
 /// every restore and write. Thread-safe: operations on one engine run one at a time.</summary>
-public sealed class ThawEngine : IDisposable
+public sealed partial class ThawEngine : IDisposable
 {
     private readonly EngineHandle _handle;
 

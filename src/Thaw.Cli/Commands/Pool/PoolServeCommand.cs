@@ -10,7 +10,7 @@ internal sealed class PoolServeCommand : Command
 {
     private readonly Option<string> _socket = PoolCommand.SocketOption();
     private readonly Option<DeviceKind?> _device = Flags.Choice<DeviceKind>("--device", "device whose pinned memory holds the snapshots (default: cuda when a GPU is present, else mock)");
-    private readonly Option<long> _ordinal = Flags.Integer("--ordinal", "GPU index", 0, 0, 1024);
+    private readonly Option<long> _ordinal = Flags.Integer("--ordinal", "the default device: serves clients that do not say which device their memory is on (every device of the node is served)", 0, 0, 1024);
     private readonly Option<long> _budgetMib = Flags.Integer("--budget-mib", "pinned memory the pool may hold", 32 << 10, 1, 1L << 30);
     private readonly Option<string> _allowUids = Flags.Text("--allow-uids", "other users allowed to connect, comma-separated", "U,V");
     private readonly Option<string> _shmDir = Flags.Text("--shm-dir", $"where mock clients make their shared files (default: {PoolProtocol.DefaultSharedMemoryDirectory()})", "DIR");
@@ -49,8 +49,8 @@ internal sealed class PoolServeCommand : Command
         long budget = parse.GetValue(_budgetMib) << 20;
         string shmDir = System.IO.Path.GetFullPath(parse.GetValue(_shmDir) ?? PoolProtocol.DefaultSharedMemoryDirectory());
         var uids = parse.GetValue(_allowUids)?.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToList();
-        using var engine = ThawEngine.Create(device, ordinal);
-        using var pool = new SnapshotPool(engine, budget);
+        using var engines = new DeviceEngines(device, ordinal); // the default device; the others opened as clients name them
+        using var pool = new SnapshotPool(engines, budget);
         using var server = new PoolServer(pool, socket, uids)
         {
             Log = line => Console.Error.WriteLine($"thaw pool: {line}"),

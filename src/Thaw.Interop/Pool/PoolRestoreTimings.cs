@@ -1,0 +1,26 @@
+using System.Text.Json;
+
+namespace Thaw.Interop.Pool;
+
+/// <summary>Where a restore through the pool spent its time, as its client sees it: resolving the
+/// IPC handles of its tensors (<see cref="ResolveSeconds"/>: a range check and a cuIpcGetMemHandle
+/// per allocation), the request and its answer over the socket (<see cref="RequestSeconds"/>: the
+/// round trip less the pool's own time), and the pool's restore (<see cref="PoolSeconds"/>), of which
+/// the lanes spent on average <see cref="OpenSeconds"/> opening handles, <see cref="WaitSeconds"/>
+/// waiting for one another's opens, <see cref="CopySeconds"/> copying and <see cref="CloseSeconds"/>
+/// closing. Resolve + request + pool = the restore's seconds; open + wait + copy + close &lt;= pool.</summary>
+public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSeconds, double PoolSeconds,
+    double OpenSeconds, double WaitSeconds, double CopySeconds, double CloseSeconds)
+{
+    /// <summary>No breakdown (a pool that sends none).</summary>
+    public static readonly PoolRestoreTimings None = new(0, 0, 0, 0, 0, 0, 0);
+
+    /// <summary>From a restore's response, the client's time resolving and its total.</summary>
+    internal static PoolRestoreTimings From(JsonElement response, double resolveSeconds, double totalSeconds)
+    {
+        double Field(string name) => response.TryGetProperty(name, out JsonElement v) && v.TryGetDouble(out double x) && x >= 0 ? x : 0;
+        double pool = Math.Min(Field("seconds"), Math.Max(0, totalSeconds - resolveSeconds));
+        return new PoolRestoreTimings(resolveSeconds, Math.Max(0, totalSeconds - resolveSeconds - pool), pool,
+            Field("open_s"), Field("wait_s"), Field("copy_s"), Field("close_s"));
+    }
+}
