@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 import thaw_vllm  # noqa: E402
 from thaw_vllm import pool  # noqa: E402
+from pool_server import running_pool, timings_line  # noqa: E402  (bench/ is the script's directory)
 
 THAW = Path(os.environ.get("THAW_CLI", ROOT / "build" / "publish" / "cli" / "thaw"))
 GiB = 1 << 30
@@ -74,18 +75,7 @@ def main():
     model_bytes = count * tensor_bytes
     snapshot = work / "m.thaw"
     thaw_vllm.freeze(reference, snapshot)
-    socket_path = work / "pool.sock"
-    socket_path.unlink(missing_ok=True)
-    server = subprocess.Popen([str(THAW), "pool", "serve", "--socket", str(socket_path), "--device", "cuda",
-                               "--budget-mib", str(int(model_bytes / (1 << 20)) + 1024)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(400):
-            try:
-                pool.status(socket_path)
-                break
-            except pool.PoolUnavailable:
-                time.sleep(0.05)
+    with running_pool(THAW, work / "pool.sock", model_bytes / (1 << 20) + 1024) as socket_path:
         started = time.perf_counter()
         pool.load(snapshot, socket_path)
         say(f"model {model_bytes / 1e9:.2f} GB ({count} tensors of 512 MiB) in /dev/shm; pool load {time.perf_counter() - started:.2f} s")
@@ -95,6 +85,7 @@ def main():
         say(f"before: allocated {base_alloc / GiB:.2f} GiB (the reference copy), reserved {base_reserved / GiB:.2f} GiB")
         say("| restore | GB/s | bit-identical | allocated after restore (GiB) | allocated after del + empty_cache (GiB) | reserved after (GiB) |")
         say("|---|---|---|---|---|---|")
+        breakdown = []
         for i in range(5):
             target = {n: torch.empty_like(t) for n, t in reference.items()}
             torch.cuda.synchronize()
@@ -108,6 +99,9 @@ def main():
             torch.cuda.empty_cache()
             say(f"| {i + 1} ({stats['via']}) | {model_bytes / seconds / 1e9:.1f} | {same} | {during / GiB:.2f} | "
                 f"{(torch.cuda.memory_allocated()) / GiB:.2f} | {torch.cuda.memory_reserved() / GiB:.2f} |")
+            breakdown.append(f"restore {i + 1}: {timings_line(stats)}")
+        for line in breakdown:
+            say(line)
         del reference
         torch.cuda.empty_cache()
         fresh = []
@@ -124,9 +118,6 @@ def main():
         for wall, inner, via, gbps in fresh:
             say(f"fresh process on a pool hit: {wall:.3f} s wall (interpreter start to exit), {inner:.3f} s from import thaw_vllm to restored (CUDA initialized first); "
                 f"restore call {gbps:.1f} GB/s ({via})")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "pool_memory.md").write_text("\n".join(lines) + "\n")
 

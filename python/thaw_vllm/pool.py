@@ -26,7 +26,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options)
 
     CUDA tensors are served by the IPC handle of their allocation. On the mock device (CPU
     tensors) only memory mapped from a shared file can be served.
-    Returns {"bytes", "seconds", "gbps", "source": "pool", "via": "pool hit" or "pool fill", "timings"}:
+    Returns {"bytes", "seconds", "gbps", "source": "pool", "via": "pool hit" or "pool fill", "timings", "opens"}:
     timings {resolve_s, request_s, pool_s, open_s, wait_s, copy_s, close_s} say where the seconds
     went (docs/POOL.md, "Where a restore's time goes"). engine_options may name mock_device=N:
     the mock device (0-7) CPU tensors stand on, as a GPU's ordinal does for CUDA tensors.
@@ -48,7 +48,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options)
         [tensors[n].data_ptr() for n in names], [tensors[n].numel() * tensors[n].element_size() for n in names])
     return {"bytes": stats.bytes, "seconds": stats.seconds,
             "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": "pool", "via": stats.source_name,
-            "timings": {k: getattr(stats, k) for k in stats.TIMINGS}}
+            "timings": {k: getattr(stats, k) for k in stats.TIMINGS}, "opens": "serial" if stats.serial_opens else "pipelined"}
 
 
 def load(snapshot, socket_path=None) -> dict:

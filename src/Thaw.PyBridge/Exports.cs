@@ -62,6 +62,8 @@ public static unsafe partial class Exports
         public double WaitSeconds;
         public double CopySeconds;
         public double CloseSeconds;
+        public int SerialOpens;     // 1: the pool opened the handles in order first (THAWCORE_POOL_OPEN=serial)
+        public int Reserved2;
     }
 
     /// <summary>Which path served a restore's bytes (the loader's log line names it).</summary>
@@ -168,7 +170,7 @@ public static unsafe partial class Exports
                 Source = (int)(r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
                 ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
                 PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
-                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds,
+                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, SerialOpens = r.Timings.SerialOpens ? 1 : 0,
             };
         return 0;
     });

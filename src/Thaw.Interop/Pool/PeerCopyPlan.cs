@@ -19,6 +19,7 @@ public sealed record PoolServedRestore(long Bytes, double Seconds, string Device
         w.WriteNumber("copy_s", Copy.CopySeconds);
         w.WriteNumber("close_s", Copy.CloseSeconds);
         w.WriteNumber("lanes", Copy.Lanes);
+        w.WriteString("opens", Copy.Serial ? "serial" : "pipelined");
     }
 }
 

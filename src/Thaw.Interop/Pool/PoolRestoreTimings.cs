@@ -12,6 +12,9 @@ namespace Thaw.Interop.Pool;
 public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSeconds, double PoolSeconds,
     double OpenSeconds, double WaitSeconds, double CopySeconds, double CloseSeconds)
 {
+    /// <summary>The pool opened every handle in order before copying (THAWCORE_POOL_OPEN=serial).</summary>
+    public bool SerialOpens { get; init; }
+
     /// <summary>No breakdown (a pool that sends none).</summary>
     public static readonly PoolRestoreTimings None = new(0, 0, 0, 0, 0, 0, 0);
 
@@ -21,6 +24,9 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
         double Field(string name) => response.TryGetProperty(name, out JsonElement v) && v.TryGetDouble(out double x) && x >= 0 ? x : 0;
         double pool = Math.Min(Field("seconds"), Math.Max(0, totalSeconds - resolveSeconds));
         return new PoolRestoreTimings(resolveSeconds, Math.Max(0, totalSeconds - resolveSeconds - pool), pool,
-            Field("open_s"), Field("wait_s"), Field("copy_s"), Field("close_s"));
+            Field("open_s"), Field("wait_s"), Field("copy_s"), Field("close_s"))
+        {
+            SerialOpens = response.TryGetProperty("opens", out JsonElement opens) && opens.ValueKind == JsonValueKind.String && opens.GetString() == "serial",
+        };
     }
 }
