@@ -139,5 +139,7 @@ def test_the_restore_says_where_its_time_went_and_which_device_served_it(tmp_pat
         assert torch.equal(target[name], tensor)
     devices = {d["device"]: d["restores"] for d in pool.status(server)["devices"]}
     assert devices == {"mock-0": 0, "mock-2": 1}, "served on the client's own device; the default one stays idle"
+    listed = subprocess.run([str(THAW), "pool", "status", "--socket", str(server)], capture_output=True, text=True, check=True).stdout
+    assert "device mock-2  1 restores" in listed and "device mock-0  0 restores" in listed
     with pytest.raises(ValueError, match="mock_device"):
         pool.restore_tensors(target, snapshot, server, mock_device=8)

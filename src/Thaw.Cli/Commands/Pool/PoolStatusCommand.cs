@@ -38,6 +38,10 @@ internal sealed class PoolStatusCommand : Command
         foreach (JsonElement s in root.GetProperty("snapshots").EnumerateArray())
             Console.Out.WriteLine($"  {s.GetProperty("snapshot").GetString()}  {Units.Size(s.GetProperty("bytes").GetInt64())}  " +
                 $"{s.GetProperty("hits").GetInt64()} hits  {Units.Size(s.GetProperty("bytes_served").GetInt64())} served");
+        if (root.TryGetProperty("devices", out JsonElement devices))
+            foreach (JsonElement d in devices.EnumerateArray())
+                Console.Out.WriteLine($"  device {d.GetProperty("device").GetString()}  {d.GetProperty("restores").GetInt64()} restores  " +
+                    $"{Units.Size(d.GetProperty("bytes").GetInt64())} served");
         return 0;
     }
 }
