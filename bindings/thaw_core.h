@@ -260,6 +260,20 @@ int thawcore_sync_directory(const char *path);
 
 int thawcore_engine_device_memory(thawcore_engine *engine, uint64_t *free_out, uint64_t *total_out);
 
+/* What identifies a file's contents without reading them (the pool compares it before
+ * serving a snapshot it holds): stat(2)'s device, inode, size, and times in nanoseconds.
+ * ctime changes on every write and cannot be set back by utime, unlike mtime. */
+typedef struct thawcore_file_identity {
+    uint64_t device;
+    uint64_t inode;
+    int64_t size;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+} thawcore_file_identity;
+
+/* Fills *out from stat(path); -ENOENT and the like when it cannot. */
+int thawcore_file_identity_of(const char *path, thawcore_file_identity *out);
+
 #ifdef __cplusplus
 }
 #endif

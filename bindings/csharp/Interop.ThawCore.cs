@@ -207,6 +207,19 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_sync_directory", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int SyncDirectory(string path);
 
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct FileIdentity
+        {
+            public ulong Device;
+            public ulong Inode;
+            public long Size;
+            public long ModifiedNs;
+            public long ChangedNs;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_file_identity_of", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int FileIdentityOf(string path, out FileIdentity identity);
+
         [LibraryImport(Library, EntryPoint = "thawcore_engine_device_memory")]
         internal static partial int EngineDeviceMemory(EngineHandle engine, out ulong freeBytes, out ulong totalBytes);
     }

@@ -15,6 +15,7 @@ DEVICE_MOCK = 0
 MOCK_DEVICES = 8  # THAWCORE_MOCK_DEVICES in bindings/thaw_core.h
 DEVICE_CUDA = 1
 IO_MODES = {"auto": 0, "buffered": 1, "direct": 2, "zerocopy": 3}
+POOL_NO_FILL = 1    # PoolNoFill in src/Thaw.PyBridge/Exports.cs
 
 
 class EngineRequest(ctypes.Structure):
@@ -26,7 +27,7 @@ class EngineRequest(ctypes.Structure):
         ("chunk_bytes", ctypes.c_int64),
         ("staging_bytes", ctypes.c_int64),
         ("verify", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("pool_flags", ctypes.c_int32),     # thaw_pool_restore: POOL_NO_FILL
     ]
 
 

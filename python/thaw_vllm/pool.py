@@ -21,8 +21,12 @@ def _socket(socket_path):
     return None if socket_path in (None, True) else str(socket_path)
 
 
-def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options) -> dict:
+def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True, **engine_options) -> dict:
     """Restores tensors (all on one device) through the pool; raises PoolUnavailable to fall back.
+
+    fill: when the pool does not hold the snapshot (or its copy no longer matches the file), it
+    reads the file into its memory while serving this restore ("pool fill"); False: it answers
+    PoolUnavailable at once and this process restores from the file alone.
 
     CUDA tensors are served by the IPC handle of their allocation. On the mock device (CPU
     tensors) only memory mapped from a shared file can be served.
@@ -42,8 +46,10 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, **engine_options)
     if device is None:
         return {"bytes": 0, "seconds": 0.0, "gbps": 0.0, "source": "pool", "via": "pool hit"}
     names = list(tensors)
+    request = _device_request(device, **engine_options)
+    request.pool_flags = 0 if fill else _native.POOL_NO_FILL
     stats = _native.pool_restore(
-        _socket(socket_path), snapshot, _device_request(device, **engine_options), names,
+        _socket(socket_path), snapshot, request, names,
         [thaw_dtype(tensors[n].dtype) for n in names], [list(tensors[n].shape) for n in names],
         [tensors[n].data_ptr() for n in names], [tensors[n].numel() * tensors[n].element_size() for n in names])
     return {"bytes": stats.bytes, "seconds": stats.seconds,

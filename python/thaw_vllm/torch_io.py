@@ -210,13 +210,14 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     tensors = _tensors_of(module_or_state_dict)
     requirements = _requirements(strict, metadata, missing_hint)
     stats = None
+    fill = engine_options.pop("pool_fill", True)
     if pool:
         from .pool import PoolUnavailable, restore_tensors
         header = _check_call(path, list(tensors.items()), requirements)
         regions = {t["name"] for t in header["tensors"]}
         try:
             stats = dict(restore_tensors({n: t for n, t in tensors.items() if n in regions}, path,
-                                         None if pool is True else pool, **engine_options), source="pool")
+                                         None if pool is True else pool, fill, **engine_options), source="pool")
         except PoolUnavailable as e:
             log.info("thaw: %s; restoring from the file", e)
     if stats is None:
@@ -264,8 +265,10 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     "source"}, source being "pool" or "file" (what served the bytes).
     engine_options: io ("auto"|"buffered"|"direct"|"zerocopy"), verify (default: when the snapshot
     records checksums; False skips them), threads, chunk_bytes, staging_bytes.
-    pool: a `thaw pool` socket path (True: the default one) to restore through; when no pool
-    holds the snapshot, one log line says so and the file is read instead.
+    pool: a `thaw pool` socket path (True: the default one) to restore through. A pool that does
+    not hold the snapshot reads it into its memory while serving this restore (stats "via":
+    "pool fill"; the next restore is a "pool hit"), unless pool_fill=False; when no pool can serve,
+    one log line says so and the file is read instead.
     """
     return restore_checked(module_or_state_dict, path, strict, pool, **engine_options)[0]
 

@@ -28,8 +28,11 @@ public static unsafe partial class Exports
         public long ChunkBytes;
         public long StagingBytes;
         public int Verify;
-        public int Reserved;
+        public int PoolFlags;       // thaw_pool_restore: PoolNoFill; 0 elsewhere
     }
+
+    /// <summary>Bits of <see cref="EngineRequest.PoolFlags"/>.</summary>
+    public const int PoolNoFill = 1; // on a miss, do not have the pool read the snapshot while serving
 
     [StructLayout(LayoutKind.Sequential)]
     public struct TensorArray
@@ -150,7 +153,8 @@ public static unsafe partial class Exports
         RestoreTargets(snapshot, request, Targets(tensors), stats);
 
     /// <summary>Restores tensors of a snapshot through a pool into caller memory: the caller hands
-    /// over device pointers only; the IPC handles come from the core. Fails with
+    /// over device pointers only; the IPC handles come from the core. A snapshot the pool does not
+    /// hold is filled while it is served, unless <see cref="PoolNoFill"/> is set in the request. Fails with
     /// -<see cref="ThawErrorKind.PoolUnavailable"/> when the caller should restore from the file.</summary>
     /// <param name="socket">The pool's socket; null: the default one.</param>
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_restore")]
@@ -162,7 +166,7 @@ public static unsafe partial class Exports
         string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
         PoolRestoreResult r;
         using (PoolClient client = PoolClient.Connect(socketPath))
-            r = client.Restore(engine, snapshot, targets);
+            r = client.Restore(engine, snapshot, targets, fill: (request->PoolFlags & PoolNoFill) == 0);
         if (stats != null)
             *stats = new RestoreStatsOut
             {

@@ -109,7 +109,7 @@ public class PoolTests
                 // Addresses only: the client finds the file and the offsets from the mapping.
                 var targets = s.Tensors.Select(t => new RestoreTarget(t.Name, (ulong)p + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
                 using var client = PoolClient.Connect(_socket);
-                Assert.That(() => client.Restore(_engine, s, targets), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
+                Assert.That(() => client.Restore(_engine, s, targets, fill: false), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
                 client.Send(Op("load", path)).Dispose();
                 var wrongShape = targets.Select((t, i) => i == 0 ? t with { Shape = [1, t.Shape![0]] } : t).ToList();
                 Assert.That(() => client.Restore(_engine, s, wrongShape), Throws.InstanceOf<ThawMismatchException>().With.Message.Contains("shape"));

@@ -95,7 +95,67 @@ def test_a_pool_that_does_not_hold_the_snapshot_raises_unavailable(tmp_path, ser
     snapshot = tmp_path / "never-loaded.thaw"
     thaw_vllm.freeze({"a": torch.randn(10)}, snapshot)
     with pytest.raises(pool.PoolUnavailable, match="does not hold"):
-        pool.restore_tensors(shared_views(tmp_path, thaw_vllm.info(snapshot)), snapshot, server)
+        pool.restore_tensors(shared_views(tmp_path, thaw_vllm.info(snapshot)), snapshot, server, fill=False)
+    assert pool.status(server)["snapshots"] == []
+
+
+def test_a_restore_the_pool_misses_fills_it_and_the_next_one_is_a_hit(tmp_path, server):
+    state = {"a": torch.randn(3000, 7), "b": torch.arange(5000, dtype=torch.int64)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool fill"
+    assert all(torch.equal(target[n], t) for n, t in state.items())
+    [filled] = pool.status(server)["snapshots"]
+    assert (filled["fills"], filled["misses"], filled["hits"]) == (1, 1, 0) and filled["bytes_read"] > 0
+    for t in target.values():
+        t.zero_()
+    assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool hit"
+    assert all(torch.equal(target[n], t) for n, t in state.items())
+    [held] = pool.status(server)["snapshots"]
+    assert (held["fills"], held["hits"], held["bytes_read"]) == (1, 1, filled["bytes_read"]), "a hit reads nothing"
+
+
+def test_pool_fill_false_restores_from_the_file_and_leaves_the_pool_empty(tmp_path, server, caplog):
+    state = {"w": torch.randn(640)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        assert thaw_vllm.restore_into(target, snapshot, pool=server, pool_fill=False)["source"] == "file"
+    assert torch.equal(target["w"], state["w"]) and pool.status(server)["snapshots"] == []
+    assert any("does not hold" in r.message and "restoring from the file" in r.message for r in caplog.records)
+
+
+def test_a_snapshot_replaced_on_disk_while_held_is_never_served_stale(tmp_path, server):
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"w": torch.randn(4096)}, snapshot)
+    target = shared_views(tmp_path, thaw_vllm.info(snapshot))
+    assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool fill"
+    newer = {"w": torch.randn(4096)}
+    thaw_vllm.freeze(newer, tmp_path / "next.thaw")  # same size, other bytes, then renamed over it
+    (tmp_path / "next.thaw").rename(snapshot)
+    assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool fill"
+    assert torch.equal(target["w"], newer["w"])
+    [held] = pool.status(server)["snapshots"]
+    assert held["fills"] == 2 and pool.status(server)["used_bytes"] == held["bytes"], "the old copy is gone"
+
+
+def test_a_fill_of_a_corrupt_snapshot_holds_nothing_and_the_fallback_names_the_tensor(tmp_path, server, caplog):
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze({"first": torch.randn(2048), "broken": torch.randn(2048)}, snapshot)
+    info = thaw_vllm.info(snapshot)
+    region = next(t for t in info["tensors"] if t["name"] == "broken")
+    with open(snapshot, "r+b") as f:
+        f.seek(info["data_offset"] + region["offset"] + 5)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    target = shared_views(tmp_path, info)
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"), pytest.raises(thaw_vllm.ThawChecksumError, match="broken"):
+        thaw_vllm.restore_into(target, snapshot, pool=server)
+    assert any("CRC32C" in r.message and "restoring from the file" in r.message for r in caplog.records)
+    assert pool.status(server)["snapshots"] == [] and pool.status(server)["used_bytes"] == 0
 
 
 def test_thaw_restore_through_the_pool_and_its_fallback(tmp_path, server):
@@ -108,6 +168,16 @@ def test_thaw_restore_through_the_pool_and_its_fallback(tmp_path, server):
     fallback = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", str(tmp_path / "none.sock")],
                               capture_output=True, text=True, check=True)
     assert "no pool on" in fallback.stderr and "restore:" in fallback.stdout
+    other = tmp_path / "other.thaw"
+    thaw_vllm.freeze({"c": torch.randn(999)}, other)
+    unfilled = subprocess.run([str(THAW), "restore", str(other), "--device", "mock", "--pool", str(server), "--no-pool-fill"],
+                              capture_output=True, text=True, check=True)
+    assert "does not hold" in unfilled.stderr and "restoring from the file" in unfilled.stderr
+    filled = subprocess.run([str(THAW), "restore", str(other), "--device", "mock", "--pool", str(server), "--check"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "(pool fill)" in filled and "bit-identical" in filled
+    assert "(pool hit)" in subprocess.run([str(THAW), "restore", str(other), "--device", "mock", "--pool", str(server)],
+                                          capture_output=True, text=True, check=True).stdout
 
 
 def test_thaw_pool_status_json_for_scripts(tmp_path, server):

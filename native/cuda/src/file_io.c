@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 ssize_t thaw_pread_full(int fd, void *buffer, size_t length, uint64_t offset)
@@ -98,4 +99,20 @@ int thawcore_sync_directory(const char *path)
     int rc = fsync(fd) == 0 ? 0 : thaw_fail(-errno, "cannot fsync directory %s: %s", path, strerror(errno));
     close(fd);
     return rc;
+}
+
+int thawcore_file_identity_of(const char *path, thawcore_file_identity *out)
+{
+    thaw_clear_error();
+    if (!path || !out)
+        return thaw_fail(-EINVAL, "missing argument");
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return thaw_fail(-errno, "cannot stat %s: %s", path, strerror(errno));
+    out->device = (uint64_t)st.st_dev;
+    out->inode = (uint64_t)st.st_ino;
+    out->size = (int64_t)st.st_size;
+    out->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    out->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    return 0;
 }

@@ -20,6 +20,7 @@ internal sealed class RestoreCommand : Command
     private readonly Option<bool> _check = Flags.Switch("--check", "read the restored bytes back and compare their checksums");
     private readonly Option<long> _repeat = Flags.Integer("--repeat", "restore N times and report each and the median", 1, 1, 1000);
     private readonly Option<string> _pool = Flags.Text("--pool", "restore through the pool serving on SOCKET (falls back to the file)", "SOCKET");
+    private readonly Option<bool> _noPoolFill = Flags.Switch("--no-pool-fill", "with --pool: when the pool does not hold the snapshot, restore from the file without having the pool read it too");
     private readonly Option<bool> _quiet = Flags.Switch("--quiet", "no progress on stderr");
 
     public RestoreCommand() : base("restore", "restore into memory the engine allocates, and time it")
@@ -32,6 +33,7 @@ internal sealed class RestoreCommand : Command
         Add(_check);
         Add(_repeat);
         Add(_pool);
+        Add(_noPoolFill);
         Add(_quiet);
         SetAction(Run);
     }
@@ -45,7 +47,7 @@ internal sealed class RestoreCommand : Command
         var progress = new ProgressReporter("restore", parse.GetValue(_quiet) || repeat > 1);
         using ThawEngine engine = _engine.Create(parse);
         Snapshot snapshot = SnapshotReader.Read(parse.GetRequiredValue(_snapshot));
-        if (pool is not null && RestoreThroughPool(engine, snapshot, pool, repeat, check))
+        if (pool is not null && RestoreThroughPool(engine, snapshot, pool, !parse.GetValue(_noPoolFill), repeat, check))
             return 0;
 
         using var cancel = Interrupt.CancelOnCtrlC();
@@ -74,17 +76,17 @@ internal sealed class RestoreCommand : Command
     }
 
     /// <summary>False when the pool could not serve every run (it said why): the caller restores from the file.</summary>
-    private static bool RestoreThroughPool(ThawEngine engine, Snapshot snapshot, string socket, int repeat, bool check)
+    private static bool RestoreThroughPool(ThawEngine engine, Snapshot snapshot, string socket, bool fill, int repeat, bool check)
     {
         var seconds = new List<double>();
         for (int i = 0; i < repeat; i++)
         {
-            PoolRestoreResult? r = PoolRestore.Run(engine, snapshot, socket, check && i == repeat - 1);
+            PoolRestoreResult? r = PoolRestore.Run(engine, snapshot, socket, fill, check && i == repeat - 1);
             if (r is null)
                 return false;
             seconds.Add(r.Seconds);
             Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) through the pool to {Target(engine)} " +
-                $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s");
+                $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({(r.Filled ? "pool fill" : "pool hit")})");
         }
         PrintMedian(seconds, snapshot.TensorBytes, " through the pool");
         return true;

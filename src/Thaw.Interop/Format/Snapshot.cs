@@ -41,6 +41,10 @@ public sealed class Snapshot
     /// <summary>Bytes of tensor data, without padding.</summary>
     public long TensorBytes { get; }
 
+    /// <summary>The header's recorded CRC32C: it covers every region's CRC32C, so two snapshots
+    /// with the same one hold the same bytes (0 for a safetensors file).</summary>
+    public uint HeaderCrc32C { get; internal init; }
+
     /// <summary>False for a safetensors file viewed as a source (<see cref="FromSafetensors"/>):
     /// it records no checksums and its regions are not aligned.</summary>
     public bool HasChecksums { get; private init; } = true;

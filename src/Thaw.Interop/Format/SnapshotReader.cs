@@ -124,7 +124,7 @@ public static class SnapshotReader
         if (SnapshotFormat.AlignUp(previousEnd) != dataLength)
             throw new ThawFormatException(path, $"data section is {dataLength} bytes, the regions end at {previousEnd}");
 
-        return new Snapshot(path, fileLength, dataOffset, dataLength, (int)tpRank, (int)tpWorldSize, metadata, tensors);
+        return new Snapshot(path, fileLength, dataOffset, dataLength, (int)tpRank, (int)tpWorldSize, metadata, tensors) { HeaderCrc32C = recorded };
     }
 
     internal static uint HeaderCrc(ReadOnlySpan<byte> header)

@@ -8,11 +8,15 @@ namespace Thaw.Interop.Pool;
 /// where the copy's time went (written into the restore's response, docs/POOL.md).</summary>
 public sealed record PoolServedRestore(long Bytes, double Seconds, string Device, PeerCopyTimings Copy)
 {
+    /// <summary>The pool did not hold the snapshot and read it while serving (a fill), rather than a hit.</summary>
+    public bool Filled { get; init; }
+
     /// <summary>The response fields beside <c>ok</c>.</summary>
     public void WriteTo(Utf8JsonWriter w)
     {
         w.WriteNumber("bytes", Bytes);
         w.WriteNumber("seconds", Seconds);
+        w.WriteString("served", Filled ? "fill" : "hit");
         w.WriteString("device", Device);
         w.WriteNumber("open_s", Copy.OpenSeconds);
         w.WriteNumber("wait_s", Copy.WaitSeconds);

@@ -93,16 +93,19 @@ public sealed class PoolClient : IDisposable
     /// <summary>Has the pool copy the named tensors of a snapshot into this process's device memory
     /// at the targets' addresses. Targets are checked against the snapshot (names, dtypes, shapes,
     /// sizes) exactly as for a restore from the file, before anything is sent.</summary>
-    /// <param name="fill">When the pool does not hold the snapshot, let it read the file into its
-    /// memory while serving this restore (one read fills both).</param>
+    /// <param name="fill">When the pool does not hold the snapshot (or holds a copy the file on disk no
+    /// longer matches), let it read the file into its memory while serving this restore (one read
+    /// fills both). The request carries the identity of the file this client parsed, so the pool
+    /// never serves bytes of another one.</param>
     /// <exception cref="ThawMismatchException">A target does not fit the snapshot.</exception>
     /// <exception cref="PoolUnavailableException">The pool does not hold the snapshot (and did not fill),
     /// a destination has no IPC handle, or the pool went away mid-restore: restore from the file.</exception>
     /// <exception cref="ThawException">The pool refused the request for another reason, or did not answer in time.</exception>
-    public PoolRestoreResult Restore(ThawEngine engine, Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool fill = false)
+    public PoolRestoreResult Restore(ThawEngine engine, Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool fill = true)
     {
         var started = System.Diagnostics.Stopwatch.StartNew();
         RestorePlan.Create(snapshot, targets, mergeSegments: false);
+        SnapshotIdentity identity = SnapshotIdentity.Of(snapshot);
         var ipc = new IpcTargets(engine, engine.Kind == DeviceKind.Mock ? SharedMemoryDirectory() : null);
         var wanted = new List<PoolTarget>(targets.Count);
         long bytes = 0;
@@ -122,7 +125,7 @@ public sealed class PoolClient : IDisposable
         double resolved = started.Elapsed.TotalSeconds;
         try
         {
-            response = Send(PoolProtocol.RestoreRequest(snapshot.Path, wanted, fill, engine.Identity));
+            response = Send(PoolProtocol.RestoreRequest(snapshot.Path, wanted, fill, engine.Identity, identity));
         }
         catch (FileNotFoundException e)
         {

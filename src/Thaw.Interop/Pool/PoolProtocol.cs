@@ -57,7 +57,8 @@ public static class PoolProtocol
     }
 
     /// <summary>A restore request (what <see cref="PoolRequest"/> parses).</summary>
-    public static string RestoreRequest(string snapshot, IEnumerable<PoolTarget> targets, bool fill, string? device = null) => Write(w =>
+    public static string RestoreRequest(string snapshot, IEnumerable<PoolTarget> targets, bool fill, string? device = null,
+        SnapshotIdentity? identity = null) => Write(w =>
     {
         w.WriteString("op", "restore");
         w.WriteString("snapshot", snapshot);
@@ -65,6 +66,17 @@ public static class PoolProtocol
             w.WriteString("device", device);
         if (fill)
             w.WriteBoolean("fill", true);
+        if (identity is not null)
+        {
+            w.WriteStartObject("identity");
+            w.WriteNumber("dev", identity.Device);
+            w.WriteNumber("ino", identity.Inode);
+            w.WriteNumber("size", identity.Size);
+            w.WriteNumber("mtime_ns", identity.ModifiedNs);
+            w.WriteNumber("ctime_ns", identity.ChangedNs);
+            w.WriteNumber("header_crc32c", identity.HeaderCrc32C);
+            w.WriteEndObject();
+        }
         w.WriteStartArray("targets");
         foreach (PoolTarget t in targets)
         {

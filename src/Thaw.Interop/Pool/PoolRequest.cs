@@ -8,6 +8,12 @@ namespace Thaw.Interop.Pool;
 /// is bounded before use and a refusal names it (<c>targets[3].offset</c>). Unknown fields are skipped.</summary>
 internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<PoolTarget>? Targets)
 {
+    /// <summary>On a miss, read the snapshot into the pool while serving (fill-through).</summary>
+    public bool Fill { get; init; }
+
+    /// <summary>The file the client parsed; null: an older client (only the file on disk is compared).</summary>
+    public SnapshotIdentity? FileIdentity { get; init; }
+
     /// <summary>The device the client's memory is on (its identity, <see cref="DeviceEngines"/>); null: the pool's default.</summary>
     public string? Device { get; init; }
 
@@ -35,13 +41,22 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
                 throw new FormatException($"a request is a JSON object, not {Describe(ref reader)}");
             string? op = null, snapshot = null, device = null;
             List<PoolTarget>? targets = null;
+            bool? fill = null;
+            SnapshotIdentity? identity = null;
             while (Next(ref reader) == JsonTokenType.PropertyName)
             {
                 string field = reader.ValueTextEquals("op") ? "op" : reader.ValueTextEquals("snapshot") ? "snapshot"
-                    : reader.ValueTextEquals("targets") ? "targets" : reader.ValueTextEquals("device") ? "device" : "";
+                    : reader.ValueTextEquals("targets") ? "targets" : reader.ValueTextEquals("device") ? "device"
+                    : reader.ValueTextEquals("fill") ? "fill" : reader.ValueTextEquals("identity") ? "identity" : "";
                 Next(ref reader);
                 switch (field)
                 {
+                    case "fill":
+                        fill = fill is null ? Boolean(ref reader, "fill") : throw new FormatException("fill: given twice");
+                        break;
+                    case "identity":
+                        identity = Once(identity, ReadIdentity(ref reader), "identity");
+                        break;
                     case "op":
                         op = Once(op, String(ref reader, "op", MaxStringBytes), "op");
                         break;
@@ -61,7 +76,8 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
             }
             if (reader.Read())
                 throw new FormatException("the request has more after its closing brace");
-            return new PoolRequest(op ?? throw new FormatException("no field 'op'"), snapshot, targets) { Device = device };
+            return new PoolRequest(op ?? throw new FormatException("no field 'op'"), snapshot, targets)
+                { Device = device, Fill = fill ?? false, FileIdentity = identity };
         }
         catch (JsonException e)
         {
@@ -130,6 +146,76 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
                 capacity ?? throw new FormatException($"{where}: no field 'capacity'")));
         }
         return targets;
+    }
+
+    /// <summary>{dev, ino, size, mtime_ns, ctime_ns, header_crc32c}: all of them, each once.</summary>
+    private static SnapshotIdentity ReadIdentity(ref Utf8JsonReader reader)
+    {
+        const string fields = "{dev, ino, size, mtime_ns, ctime_ns, header_crc32c}";
+        if (reader.TokenType != JsonTokenType.StartObject)
+            throw new FormatException($"identity: expected an object {fields}, not {Describe(ref reader)}");
+        ulong? dev = null, ino = null;
+        long? size = null, mtime = null, ctime = null;
+        ulong? crc = null;
+        while (Next(ref reader) == JsonTokenType.PropertyName)
+        {
+            string field = reader.ValueTextEquals("dev") ? "dev" : reader.ValueTextEquals("ino") ? "ino"
+                : reader.ValueTextEquals("size") ? "size" : reader.ValueTextEquals("mtime_ns") ? "mtime_ns"
+                : reader.ValueTextEquals("ctime_ns") ? "ctime_ns" : reader.ValueTextEquals("header_crc32c") ? "header_crc32c" : "";
+            Next(ref reader);
+            string where = $"identity.{field}";
+            switch (field)
+            {
+                case "dev":
+                    dev = dev is null ? Unsigned(ref reader, where, ulong.MaxValue) : throw new FormatException($"{where}: given twice");
+                    break;
+                case "ino":
+                    ino = ino is null ? Unsigned(ref reader, where, ulong.MaxValue) : throw new FormatException($"{where}: given twice");
+                    break;
+                case "size":
+                    size = Once(size, Integer(ref reader, where), where);
+                    break;
+                case "mtime_ns":
+                    mtime = Once(mtime, Signed(ref reader, where), where);
+                    break;
+                case "ctime_ns":
+                    ctime = Once(ctime, Signed(ref reader, where), where);
+                    break;
+                case "header_crc32c":
+                    crc = crc is null ? Unsigned(ref reader, where, uint.MaxValue) : throw new FormatException($"{where}: given twice");
+                    break;
+                default:
+                    reader.Skip();
+                    break;
+            }
+        }
+        if (dev is null || ino is null || size is null || mtime is null || ctime is null || crc is null)
+            throw new FormatException($"identity: expected every field of {fields}");
+        return new SnapshotIdentity(dev.Value, ino.Value, size.Value, mtime.Value, ctime.Value, (uint)crc.Value);
+    }
+
+    private static bool Boolean(ref Utf8JsonReader reader, string field) => reader.TokenType switch
+    {
+        JsonTokenType.True => true,
+        JsonTokenType.False => false,
+        _ => throw new FormatException($"{field}: expected true or false, not {Describe(ref reader)}"),
+    };
+
+    /// <summary>A JSON integer from 0 to <paramref name="max"/>, written without fraction or exponent.</summary>
+    private static ulong Unsigned(ref Utf8JsonReader reader, string field, ulong max)
+    {
+        if (reader.TokenType != JsonTokenType.Number || reader.ValueSpan.IndexOfAny(".eE"u8) >= 0 ||
+            !reader.TryGetUInt64(out ulong number) || number > max)
+            throw new FormatException($"{field}: expected an integer from 0 to {max}, not {Describe(ref reader)}");
+        return number;
+    }
+
+    /// <summary>A JSON integer from long.MinValue to long.MaxValue, written without fraction or exponent.</summary>
+    private static long Signed(ref Utf8JsonReader reader, string field)
+    {
+        if (reader.TokenType != JsonTokenType.Number || reader.ValueSpan.IndexOfAny(".eE"u8) >= 0 || !reader.TryGetInt64(out long number))
+            throw new FormatException($"{field}: expected an integer from {long.MinValue} to {long.MaxValue}, not {Describe(ref reader)}");
+        return number;
     }
 
     private static T Once<T>(T? previous, T value, string field) where T : class =>

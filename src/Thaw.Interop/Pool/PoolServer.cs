@@ -249,6 +249,9 @@ public sealed class PoolServer : IDisposable
                         w.WriteNumber("bytes", e.Bytes);
                         w.WriteNumber("tensors", e.Tensors);
                         w.WriteNumber("hits", e.Hits);
+                        w.WriteNumber("misses", e.Misses);
+                        w.WriteNumber("fills", e.Fills);
+                        w.WriteNumber("bytes_read", e.BytesRead);
                         w.WriteNumber("bytes_served", e.BytesServed);
                         w.WriteString("last_used", e.LastUsed.ToString("O"));
                         w.WriteEndObject();
@@ -258,7 +261,8 @@ public sealed class PoolServer : IDisposable
                 });
             case "restore":
             {
-                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device);
+                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device,
+                    new PoolAsk(request.Fill, request.FileIdentity));
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);

@@ -12,7 +12,7 @@ internal static class PoolRestore
     /// <summary>Restores every tensor of a snapshot through the pool into an arena of this
     /// process: CUDA memory, or on the mock a shared-memory file (what a pool can open there).
     /// Returns null when no pool serves the snapshot, after saying so in one line.</summary>
-    public static PoolRestoreResult? Run(ThawEngine engine, Snapshot snapshot, string socket, bool check)
+    public static PoolRestoreResult? Run(ThawEngine engine, Snapshot snapshot, string socket, bool fill, bool check)
     {
         string? sharedFile = null;
         MemoryMappedFile? map = null;
@@ -41,7 +41,7 @@ internal static class PoolRestore
                 }
             }
             var targets = snapshot.Tensors.Select(t => new RestoreTarget(t.Name, arena + (ulong)t.Offset, t.Length)).ToList();
-            PoolRestoreResult result = client.Restore(engine, snapshot, targets);
+            PoolRestoreResult result = client.Restore(engine, snapshot, targets, fill);
             if (check)
                 RestoreCommand.CheckArena(engine, snapshot, arena);
             return result;

@@ -50,7 +50,7 @@ internal sealed class PoolServeCommand : Command
         string shmDir = System.IO.Path.GetFullPath(parse.GetValue(_shmDir) ?? PoolProtocol.DefaultSharedMemoryDirectory());
         var uids = parse.GetValue(_allowUids)?.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToList();
         using var engines = new DeviceEngines(device, ordinal); // the default device; the others opened as clients name them
-        using var pool = new SnapshotPool(engines, budget);
+        using var pool = new SnapshotPool(engines, budget) { Log = line => Console.Error.WriteLine($"thaw pool: {line}") };
         using var server = new PoolServer(pool, socket, uids)
         {
             Log = line => Console.Error.WriteLine($"thaw pool: {line}"),
