@@ -37,7 +37,8 @@ internal sealed class PoolStatusCommand : Command
         Console.Out.WriteLine($"pool {socket}: {Units.Size(root.GetProperty("used_bytes").GetInt64())} of {Units.Size(root.GetProperty("budget_bytes").GetInt64())} used");
         foreach (JsonElement s in root.GetProperty("snapshots").EnumerateArray())
             Console.Out.WriteLine($"  {s.GetProperty("snapshot").GetString()}  {Units.Size(s.GetProperty("bytes").GetInt64())}  " +
-                $"{s.GetProperty("hits").GetInt64()} hits  {Units.Size(s.GetProperty("bytes_served").GetInt64())} served");
+                $"{s.GetProperty("hits").GetInt64()} hits  {s.GetProperty("misses").GetInt64()} misses  {s.GetProperty("fills").GetInt64()} fills  " +
+                $"{Units.Size(s.GetProperty("bytes_served").GetInt64())} served");
         if (root.TryGetProperty("devices", out JsonElement devices))
             foreach (JsonElement d in devices.EnumerateArray())
                 Console.Out.WriteLine($"  device {d.GetProperty("device").GetString()}  {d.GetProperty("restores").GetInt64()} restores  " +
