@@ -23,7 +23,9 @@ public sealed class DeviceEngines : IDisposable
     private readonly DeviceKind _kind;
     private readonly EngineSettings? _settings;
     private readonly bool _ownsDefault;
-    private readonly Dictionary<string, Device> _open = new(StringComparer.Ordinal);
+    // Lazy: a device's engine (a CUDA context, its lanes) is made outside the registry's lock,
+    // so a client of a new device does not hold up restores into the devices already open.
+    private readonly Dictionary<string, Lazy<Device>> _open = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
     private Dictionary<string, int>? _ordinals;
 
@@ -43,7 +45,8 @@ public sealed class DeviceEngines : IDisposable
         _settings = settings;
         _ownsDefault = ownsDefault;
         Default = defaultEngine;
-        _open[defaultEngine.Identity] = new Device(defaultEngine, defaultEngine.Identity);
+        var device = new Device(defaultEngine, defaultEngine.Identity);
+        _open[device.Identity] = new Lazy<Device>(device);
     }
 
     /// <summary>A registry around an engine the caller keeps owning (it serves as the default).</summary>
@@ -68,7 +71,7 @@ public sealed class DeviceEngines : IDisposable
     public IReadOnlyList<PoolDeviceInfo> List()
     {
         lock (_lock)
-            return _open.Values.Select(d => new PoolDeviceInfo(d.Identity, d.Engine.Ordinal, Interlocked.Read(ref d.Restores), Interlocked.Read(ref d.Bytes)))
+            return _open.Values.Where(d => d.IsValueCreated).Select(d => d.Value).Select(d => new PoolDeviceInfo(d.Identity, d.Engine.Ordinal, Interlocked.Read(ref d.Restores), Interlocked.Read(ref d.Bytes)))
                 .OrderBy(d => d.Ordinal).ToList();
     }
 
@@ -76,20 +79,33 @@ public sealed class DeviceEngines : IDisposable
     {
         if (string.IsNullOrEmpty(identity))
             identity = Default.Identity;
+        Lazy<Device>? device;
         lock (_lock)
         {
-            if (_open.TryGetValue(identity, out Device? device))
-                return device;
-            // Enumerated once: an identity is looked up without a context, and a device that is
-            // not there now will not appear while the pool runs.
-            _ordinals ??= Enumerable.Range(0, ThawEngine.DeviceCount(_kind))
-                .ToDictionary(o => ThawEngine.DeviceIdentity(_kind, o), o => o, StringComparer.Ordinal);
-            if (!_ordinals.TryGetValue(identity, out int ordinal))
-                throw new ThawMismatchException($"device: '{Shorten(identity)}' is no device this pool serves " +
-                    $"({_kind.ToString().ToLowerInvariant()}: {string.Join(", ", _ordinals.Keys)})");
-            device = new Device(ThawEngine.Create(_kind, ordinal, _settings), identity);
-            _open[identity] = device;
-            return device;
+            if (!_open.TryGetValue(identity, out device))
+            {
+                // Enumerated once: an identity is looked up without a context, and a device that
+                // is not there now will not appear while the pool runs.
+                _ordinals ??= Enumerable.Range(0, ThawEngine.DeviceCount(_kind))
+                    .ToDictionary(o => ThawEngine.DeviceIdentity(_kind, o), o => o, StringComparer.Ordinal);
+                if (!_ordinals.TryGetValue(identity, out int ordinal))
+                    throw new ThawMismatchException($"device: '{Shorten(identity)}' is no device this pool serves " +
+                        $"({_kind.ToString().ToLowerInvariant()}: {string.Join(", ", _ordinals.Keys)})");
+                string name = identity;
+                device = new Lazy<Device>(() => new Device(ThawEngine.Create(_kind, ordinal, _settings), name));
+                _open[identity] = device;
+            }
+        }
+        try
+        {
+            return device.Value;
+        }
+        catch
+        {
+            lock (_lock)
+                if (_open.TryGetValue(identity, out Lazy<Device>? failed) && failed == device)
+                    _open.Remove(identity); // not kept: the next client of this device tries again
+            throw;
         }
     }
 
@@ -100,9 +116,9 @@ public sealed class DeviceEngines : IDisposable
     {
         lock (_lock)
         {
-            foreach (Device d in _open.Values)
-                if (d.Engine != Default || _ownsDefault)
-                    d.Engine.Dispose();
+            foreach (Lazy<Device> d in _open.Values.Where(d => d.IsValueCreated))
+                if (d.Value.Engine != Default || _ownsDefault)
+                    d.Value.Engine.Dispose();
             _open.Clear();
         }
     }
