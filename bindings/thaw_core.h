@@ -239,6 +239,19 @@ int thawcore_engine_peer_copy(thawcore_engine *engine, const thawcore_ipc_peer *
                               const thawcore_peer_copy *copies, uint32_t copy_count,
                               thawcore_peer_copy_stats *stats);
 
+/* One device-to-device copy: from one opened allocation (a live peer's) into another. */
+typedef struct thawcore_device_copy {
+    uint64_t source_address;
+    uint64_t destination_address;
+    uint64_t length;
+} thawcore_device_copy;
+
+/* Queues the copies over the lanes' streams and waits for all of them. CUDA: cuMemcpyDtoDAsync
+ * when both lie on one device, cuMemcpyPeerAsync when they lie on two. Mock: both ends may be
+ * opened shared files (read with pread, written with pwrite, each bounded by its file's size)
+ * or host memory. The caller bounds each copy by the lengths ipc_open returned. */
+int thawcore_engine_copy_device_to_device(thawcore_engine *engine, const thawcore_device_copy *copies, uint32_t count);
+
 /* Test support. Arms one fault for the whole process: the after-th time (counting
  * from 0) the core reaches a point of that kind, it fails there as the real fault
  * would. after < 0 disarms. Returns how many times the previously armed fault fired. */

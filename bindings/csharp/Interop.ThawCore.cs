@@ -198,6 +198,17 @@ internal static partial class Interop
         internal static unsafe partial int EnginePeerCopy(EngineHandle engine, IpcPeer* peer, PeerAllocation* allocations, uint allocationCount,
             PeerCopy* copies, uint copyCount, PeerCopyStats* stats);
 
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct DeviceCopy
+        {
+            public ulong SourceAddress;
+            public ulong DestinationAddress;
+            public ulong Length;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_device_to_device")]
+        internal static unsafe partial int EngineCopyDeviceToDevice(EngineHandle engine, DeviceCopy* copies, uint count);
+
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
             FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8;
 

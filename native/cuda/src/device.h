@@ -21,6 +21,8 @@ typedef struct thaw_device_ops {
     void (*event_destroy)(thaw_device *dev, void *event);
     int (*copy_h2d_async)(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream);
     int (*copy_d2h)(thaw_device *dev, void *dst, uint64_t src, size_t length);
+    /* Device to device, queued on stream: the same device, or another one (peer copy). */
+    int (*copy_d2d_async)(thaw_device *dev, uint64_t dst, uint64_t src, size_t length, void *stream);
     int (*event_record)(thaw_device *dev, void *event, void *stream);
     int (*event_wait)(thaw_device *dev, void *event);
     int (*stream_wait)(thaw_device *dev, void *stream);

@@ -33,6 +33,7 @@ enum {
     CU_EVENT_DISABLE_TIMING = 2,
     CU_MEMHOSTREGISTER_PORTABLE = 1,
     CU_MEMHOSTREGISTER_READ_ONLY = 8,
+    CU_POINTER_ATTRIBUTE_CONTEXT = 1,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
     CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
     CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
@@ -55,6 +56,8 @@ static struct {
     CUresult (*cuMemGetInfo)(size_t *, size_t *);
     CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
     CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
+    CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+    CUresult (*cuMemcpyPeerAsync)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
     CUresult (*cuStreamCreate)(CUstream *, unsigned);
     CUresult (*cuStreamDestroy)(CUstream);
     CUresult (*cuStreamSynchronize)(CUstream);
@@ -102,6 +105,8 @@ static void load_driver(void)
         SYM(cuMemGetInfo, "cuMemGetInfo_v2"),
         SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2"),
         SYM(cuMemcpyDtoH, "cuMemcpyDtoH_v2"),
+        SYM(cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2"),
+        SYM(cuMemcpyPeerAsync, "cuMemcpyPeerAsync"),
         SYM(cuStreamCreate, "cuStreamCreate"),
         SYM(cuStreamDestroy, "cuStreamDestroy_v2"),
         SYM(cuStreamSynchronize, "cuStreamSynchronize"),
@@ -253,6 +258,25 @@ static int cuda_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t lengt
 {
     (void)dev;
     CU_CHECK(cu.cuMemcpyDtoH(dst, src, length), "cuMemcpyDtoH");
+    return 0;
+}
+
+/* One device: cuMemcpyDtoDAsync. Two devices (a publisher on another GPU): cuMemcpyPeerAsync
+ * between the contexts the two pointers belong to (in the pool, the one that opened them). */
+static int cuda_copy_d2d_async(thaw_device *dev, uint64_t dst, uint64_t src, size_t length, void *stream)
+{
+    (void)dev;
+    int src_ordinal = -1, dst_ordinal = -1;
+    CU_CHECK(cu.cuPointerGetAttribute(&src_ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, src), "cuPointerGetAttribute(source device)");
+    CU_CHECK(cu.cuPointerGetAttribute(&dst_ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, dst), "cuPointerGetAttribute(destination device)");
+    if (src_ordinal == dst_ordinal) {
+        CU_CHECK(cu.cuMemcpyDtoDAsync(dst, src, length, stream), "cuMemcpyDtoDAsync");
+        return 0;
+    }
+    CUcontext src_context = NULL, dst_context = NULL;
+    CU_CHECK(cu.cuPointerGetAttribute(&src_context, CU_POINTER_ATTRIBUTE_CONTEXT, src), "cuPointerGetAttribute(source context)");
+    CU_CHECK(cu.cuPointerGetAttribute(&dst_context, CU_POINTER_ATTRIBUTE_CONTEXT, dst), "cuPointerGetAttribute(destination context)");
+    CU_CHECK(cu.cuMemcpyPeerAsync(dst, dst_context, src, src_context, length, stream), "cuMemcpyPeerAsync");
     return 0;
 }
 
@@ -430,6 +454,7 @@ static const thaw_device_ops cuda_ops = {
     .event_destroy = cuda_event_destroy,
     .copy_h2d_async = cuda_copy_h2d_async,
     .copy_d2h = cuda_copy_d2h,
+    .copy_d2d_async = cuda_copy_d2d_async,
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
     .stream_wait = cuda_stream_wait,

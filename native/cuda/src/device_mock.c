@@ -158,6 +158,34 @@ static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t lengt
     return 0;
 }
 
+/* Device to device: a source in an opened shared file (a live peer's memory) is read with
+ * pread, in pieces through a bounce buffer, each read bounded by the file's size at open and
+ * failing where the file now ends; the destination is written as a host-to-device copy. */
+#define MOCK_BOUNCE (8u << 20)
+
+static int mock_copy_d2d_async(thaw_device *dev, uint64_t dst, uint64_t src, size_t length, void *stream)
+{
+    uint64_t offset = 0, start = 0;
+    int found = find_mapping(src, length, NULL, &offset, &start);
+    if (found < 0)
+        return found;
+    if (!found)
+        return mock_copy_h2d_async(dev, dst, (const void *)(uintptr_t)src, length, stream);
+    unsigned char *bounce = malloc(length < MOCK_BOUNCE ? (length ? length : 1) : MOCK_BOUNCE);
+    if (!bounce)
+        return thaw_fail(-ENOMEM, "out of host memory");
+    int rc = 0;
+    for (size_t done = 0; done < length && !rc;) {
+        size_t n = length - done < MOCK_BOUNCE ? length - done : MOCK_BOUNCE;
+        rc = mock_copy_d2h(dev, bounce, src + done, n);
+        if (!rc)
+            rc = mock_copy_h2d_async(dev, dst + done, bounce, n, stream);
+        done += n;
+    }
+    free(bounce);
+    return rc;
+}
+
 static int mock_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
 {
     (void)dev;
@@ -285,6 +313,7 @@ static const thaw_device_ops mock_ops = {
     .event_destroy = mock_token_destroy,
     .copy_h2d_async = mock_copy_h2d_async,
     .copy_d2h = mock_copy_d2h,
+    .copy_d2d_async = mock_copy_d2d_async,
     .event_record = mock_event_record,
     .event_wait = mock_wait,
     .stream_wait = mock_wait,

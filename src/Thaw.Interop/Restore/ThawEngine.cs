@@ -249,6 +249,13 @@ public sealed partial class ThawEngine : IDisposable
             NativeErrors.Check(EngineCopyHostToDevice(_handle, p, (uint)copies.Length));
     }
 
+    /// <summary>Device-to-device copies between opened allocations (the pool serving from a live peer).</summary>
+    internal unsafe void CopyDeviceToDevice(DeviceCopy[] copies)
+    {
+        fixed (DeviceCopy* p = copies)
+            NativeErrors.Check(EngineCopyDeviceToDevice(_handle, p, (uint)copies.Length));
+    }
+
     /// <summary>Releases the engine's threads, streams and pinned staging memory.</summary>
     public void Dispose() => _handle.Dispose();
 

@@ -12,6 +12,7 @@
  *   pool_copy.c  thawcore_engine_copy_host_to_device: the pool's copy lanes
  *   peer_copy.c  thawcore_engine_peer_copy: a peer's allocations opened, copied into and
  *                closed on those lanes, pipelined
+ *   device_copy.c thawcore_engine_copy_device_to_device: the pool serving from a live publisher
  *   workers.c    threads, first failure, progress throttle (used by all of the above) */
 #ifndef THAW_ENGINE_H
 #define THAW_ENGINE_H
