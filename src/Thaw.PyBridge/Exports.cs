@@ -76,6 +76,7 @@ public static unsafe partial class Exports
         Disk = 2,
         PoolHit = 3,
         PoolFill = 4,
+        Peer = 5,
     }
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_abi_version")]
@@ -171,7 +172,7 @@ public static unsafe partial class Exports
             *stats = new RestoreStatsOut
             {
                 Bytes = r.Bytes, Seconds = r.Seconds, IoMode = (int)IoMode.Buffered,
-                Source = (int)(r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
+                Source = (int)(r.FromPeer ? RestoreSource.Peer : r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
                 ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
                 PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
                 CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, SerialOpens = r.Timings.SerialOpens ? 1 : 0,

@@ -95,7 +95,7 @@ static int find_mapping(const thaw_device *dev, uint64_t address, uint64_t lengt
         if (address < m->address || address - m->address >= m->length)
             continue;
         uint64_t offset = address - m->address;
-        if (m->ordinal != dev->ordinal) {
+        if (dev && m->ordinal != dev->ordinal) { /* dev NULL: any device's (a peer copy's source) */
             found = thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device %d: the shared file at 0x%llx was opened by mock device %d",
                               dev->ordinal, (unsigned long long)m->address, m->ordinal);
         } else if (length > m->length - offset) {
@@ -158,15 +158,16 @@ static int mock_copy_d2h(thaw_device *dev, void *dst, uint64_t src, size_t lengt
     return 0;
 }
 
-/* Device to device: a source in an opened shared file (a live peer's memory) is read with
- * pread, in pieces through a bounce buffer, each read bounded by the file's size at open and
- * failing where the file now ends; the destination is written as a host-to-device copy. */
+/* Device to device: a source in an opened shared file (a live publisher's memory, opened by this
+ * or another mock device: a peer copy) is read with pread, in pieces through a bounce buffer, each
+ * read bounded by the file's size at open and failing where the file now ends; the destination
+ * is written as a host-to-device copy, by this device only. */
 #define MOCK_BOUNCE (8u << 20)
 
 static int mock_copy_d2d_async(thaw_device *dev, uint64_t dst, uint64_t src, size_t length, void *stream)
 {
     uint64_t offset = 0, start = 0;
-    int found = find_mapping(src, length, NULL, &offset, &start);
+    int found = find_mapping(NULL, src, length, NULL, &offset, &start);
     if (found < 0)
         return found;
     if (!found)
@@ -177,7 +178,10 @@ static int mock_copy_d2d_async(thaw_device *dev, uint64_t dst, uint64_t src, siz
     int rc = 0;
     for (size_t done = 0; done < length && !rc;) {
         size_t n = length - done < MOCK_BOUNCE ? length - done : MOCK_BOUNCE;
-        rc = mock_copy_d2h(dev, bounce, src + done, n);
+        int fd = -1;
+        found = find_mapping(NULL, src + done, n, &fd, &offset, &start);
+        rc = found < 0 ? found : found == 0 ? thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device: the source was closed during the copy")
+                                            : shared_file_io(fd, bounce, n, offset, 0);
         if (!rc)
             rc = mock_copy_h2d_async(dev, dst + done, bounce, n, stream);
         done += n;

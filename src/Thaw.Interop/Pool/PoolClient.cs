@@ -7,8 +7,9 @@ using Thaw.Interop.Restore;
 namespace Thaw.Interop.Pool;
 
 /// <summary>What a restore through the pool did: the bytes, the time from request to answer, and whether
-/// the pool already held the snapshot (a hit) or read it from the file while serving (a fill).</summary>
-public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled)
+/// the pool already held the snapshot (a hit) or read it from the file while serving (a fill), or a live
+/// peer's memory served it device to device.</summary>
+public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled, bool FromPeer = false)
 {
     /// <summary>Where the time went, on both sides (docs/POOL.md, "Where a restore's time goes").</summary>
     public PoolRestoreTimings Timings { get; init; } = PoolRestoreTimings.None;
@@ -149,8 +150,8 @@ public sealed class PoolClient : IDisposable
         {
             JsonElement root = response.RootElement;
             double total = started.Elapsed.TotalSeconds;
-            return new PoolRestoreResult(root.GetProperty("bytes").GetInt64(), total,
-                root.TryGetProperty("served", out JsonElement served) && served.GetString() == "fill")
+            string? served = root.TryGetProperty("served", out JsonElement s) ? s.GetString() : null;
+            return new PoolRestoreResult(root.GetProperty("bytes").GetInt64(), total, served == "fill", served == "peer")
             {
                 Timings = PoolRestoreTimings.From(root, resolved, total),
                 Device = root.TryGetProperty("device", out JsonElement d) ? d.GetString() ?? "" : "",

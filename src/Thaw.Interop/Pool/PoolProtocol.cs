@@ -77,6 +77,12 @@ public static class PoolProtocol
             w.WriteNumber("header_crc32c", identity.HeaderCrc32C);
             w.WriteEndObject();
         }
+        WriteTargets(w, targets);
+    });
+
+    /// <summary>The <c>targets</c> array of a restore or publish request.</summary>
+    internal static void WriteTargets(Utf8JsonWriter w, IEnumerable<PoolTarget> targets)
+    {
         w.WriteStartArray("targets");
         foreach (PoolTarget t in targets)
         {
@@ -88,6 +94,6 @@ public static class PoolProtocol
             w.WriteEndObject();
         }
         w.WriteEndArray();
-    });
+    }
 
 }

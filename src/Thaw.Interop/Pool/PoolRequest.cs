@@ -100,7 +100,7 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
     public IReadOnlyList<PoolTarget> RestoreTargets() =>
         Targets ?? throw new FormatException("targets: expected an array of {name, handle, offset, capacity}");
 
-    private static List<PoolTarget> ReadTargets(ref Utf8JsonReader reader)
+    internal static List<PoolTarget> ReadTargets(ref Utf8JsonReader reader)
     {
         if (reader.TokenType != JsonTokenType.StartArray)
             throw new FormatException($"targets: expected an array of {{name, handle, offset, capacity}}, not {Describe(ref reader)}");
@@ -218,16 +218,16 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
         return number;
     }
 
-    private static T Once<T>(T? previous, T value, string field) where T : class =>
+    internal static T Once<T>(T? previous, T value, string field) where T : class =>
         previous is null ? value : throw new FormatException($"{field}: given twice");
 
-    private static long Once(long? previous, long value, string field) =>
+    internal static long Once(long? previous, long value, string field) =>
         previous is null ? value : throw new FormatException($"{field}: given twice");
 
-    private static JsonTokenType Next(ref Utf8JsonReader reader) =>
+    internal static JsonTokenType Next(ref Utf8JsonReader reader) =>
         reader.Read() ? reader.TokenType : throw new FormatException("the request ends before its closing brace");
 
-    private static string String(ref Utf8JsonReader reader, string field, int maxBytes)
+    internal static string String(ref Utf8JsonReader reader, string field, int maxBytes)
     {
         if (reader.TokenType != JsonTokenType.String)
             throw new FormatException($"{field}: expected a string, not {Describe(ref reader)}");
@@ -267,7 +267,7 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
     }
 
     /// <summary>A JSON integer from 0 to long.MaxValue: no fraction, no exponent, no string.</summary>
-    private static long Integer(ref Utf8JsonReader reader, string field)
+    internal static long Integer(ref Utf8JsonReader reader, string field)
     {
         if (reader.TokenType != JsonTokenType.Number || reader.ValueSpan.IndexOfAny(".eE"u8) >= 0 ||
             !reader.TryGetInt64(out long number) || number < 0)
@@ -275,7 +275,7 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
         return number;
     }
 
-    private static string Describe(ref Utf8JsonReader reader)
+    internal static string Describe(ref Utf8JsonReader reader)
     {
         string kind = reader.TokenType switch
         {

@@ -9,7 +9,7 @@ namespace Thaw.Interop.Pool;
 /// connections, request memory and time bounded by <see cref="PoolLimits"/>, and a bad client
 /// (malformed, disconnected, unknown snapshot, unopenable handle, too slow, too big) gets an
 /// error line while everyone else is served.</summary>
-public sealed class PoolServer : IDisposable
+public sealed partial class PoolServer : IDisposable
 {
     private readonly SnapshotPool _pool;
     private readonly IReadOnlySet<uint> _allowedUids;
@@ -31,6 +31,7 @@ public sealed class PoolServer : IDisposable
         if (uids.Count == 0)
             uids.Add(PeerCredentials.CurrentUid());
         _allowedUids = uids;
+        _peers = new PeerPublications(pool.Engines);
     }
 
     /// <summary>The socket the server listens on.</summary>
@@ -141,7 +142,9 @@ public sealed class PoolServer : IDisposable
             await Refuse(client, e);
             return;
         }
+        long connection = Interlocked.Increment(ref _nextConnection);
         using (reader)
+        using (_peers.ForgetOnClose(connection))
         {
             while (!_stop.IsCancellationRequested)
             {
@@ -158,13 +161,14 @@ public sealed class PoolServer : IDisposable
                 }
                 if (line is null)
                     return;
-                await Send(client, Respond(line.Value.Span, peer), _stop.Token);
+                await Send(client, Respond(line.Value.Span, peer, connection), _stop.Token);
+                reader.MayIdle = _peers.Holds(connection); // a publisher stays connected as long as it publishes
             }
         }
     }
 
     /// <summary>Handles one request; what parsing it takes (its targets) is drawn from the budget too.</summary>
-    private string Respond(ReadOnlySpan<byte> line, PoolPeer peer)
+    private string Respond(ReadOnlySpan<byte> line, PoolPeer peer, long connection)
     {
         long parsing = (long)line.Length * ParsingBytesPerLineByte;
         if (!_budget.TryTake(parsing))
@@ -172,7 +176,8 @@ public sealed class PoolServer : IDisposable
                 $"the pool is short of request memory ({_budget.Used} of {_budget.Limit} bytes in use); retry later"));
         try
         {
-            return Handle(PoolRequest.Parse(line), peer);
+            PoolRequest request = PoolRequest.Parse(line);
+            return HandlePeerOp(request, line, peer, connection) ?? Handle(request, peer);
         }
         catch (Exception e)
         {
@@ -258,6 +263,7 @@ public sealed class PoolServer : IDisposable
                     }
                     w.WriteEndArray();
                     PoolStatus.WriteDevices(w, _pool.Devices);
+                    WritePublications(w);
                 });
             case "restore":
             {
@@ -301,6 +307,7 @@ public sealed class PoolServer : IDisposable
     {
         _stop.Cancel();
         _listener.Dispose();
+        _peers.Dispose();
         try
         {
             _acceptLoop?.Wait(TimeSpan.FromSeconds(5));

@@ -65,6 +65,9 @@ internal sealed class RequestReader : IDisposable
     private int _start, _end, _scanned;
     private readonly Stopwatch _requestClock = new();
 
+    /// <summary>Silence between requests is allowed without limit (a connection holding a publication).</summary>
+    public bool MayIdle { get; set; }
+
     public RequestReader(Socket socket, RequestBudget budget, PoolLimits limits)
     {
         _socket = socket;
@@ -98,8 +101,8 @@ internal sealed class RequestReader : IDisposable
                 throw PoolRefusalException.Bad($"request line longer than {PoolProtocol.MaxLineBytes} bytes");
             if (_end == _buffer.Length)
                 MakeRoom();
-            TimeSpan wait = _start == _end ? _limits.IdleTimeout : _limits.RequestTimeout - _requestClock.Elapsed;
-            if (wait <= TimeSpan.Zero)
+            TimeSpan wait = _start == _end ? (MayIdle ? Timeout.InfiniteTimeSpan : _limits.IdleTimeout) : _limits.RequestTimeout - _requestClock.Elapsed;
+            if (wait <= TimeSpan.Zero && wait != Timeout.InfiniteTimeSpan)
                 throw PoolRefusalException.Bad($"the request did not arrive within {_limits.RequestTimeout.TotalSeconds:0.#} s");
             int received;
             using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(stop))

@@ -82,6 +82,9 @@ public sealed unsafe class SnapshotPool : IDisposable
     /// <summary>The devices served so far, with their restores and bytes.</summary>
     public IReadOnlyList<PoolDeviceInfo> Devices => _devices.List();
 
+    /// <summary>The engines the pool copies with (device-to-device copies from live publishers too).</summary>
+    internal DeviceEngines Engines => _devices;
+
     /// <summary>Most pinned bytes the pool holds.</summary>
     public long BudgetBytes { get; }
     /// <summary>Pinned bytes held now (stale copies still in use included).</summary>

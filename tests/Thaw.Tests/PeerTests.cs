@@ -1,0 +1,343 @@
+using System.Text;
+using System.Text.Json;
+using Thaw.Interop;
+using Thaw.Interop.Format;
+using Thaw.Interop.Pool;
+using Thaw.Interop.Restore;
+
+namespace Thaw.Tests;
+
+/// <summary>Restores served from a live peer's memory (docs/POOL.md, "Restoring from a live peer"),
+/// on the mock device: a publisher's "device memory" is a shared file holding the snapshot's bytes.</summary>
+public class PeerTests
+{
+    private TestFiles _files = null!;
+    private ThawEngine _engine = null!;
+    private string _socket = "";
+
+    [SetUp]
+    public void SetUp()
+    {
+        _files = new TestFiles();
+        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
+        _socket = Path.Combine(_files.Directory, "pool.sock");
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        _engine.Dispose();
+        _files.Dispose();
+    }
+
+    private (Snapshot Snapshot, List<byte[]> Data) MakeSnapshot(string name, int seed)
+    {
+        var host = Enumerable.Range(0, 4).Select(i => new TestFiles.HostTensor($"w{i}", DType.F16, [700 + 512 * i], seed * 10 + i)).ToList();
+        Snapshot s = TestFiles.Freeze(_engine, _files.PathOf(name), host);
+        var data = host.Select(t => t.Bytes).ToList();
+        host.ForEach(t => t.Dispose());
+        return (s, data);
+    }
+
+    /// <summary>A shared file standing in for one device allocation: 4096 bytes, then the tensors at their snapshot offsets.</summary>
+    private string Memory(string name, Snapshot s, List<byte[]>? data = null)
+    {
+        string file = _files.PathOf(name);
+        using var f = File.Create(file);
+        f.SetLength(s.DataLength + 4096);
+        for (int i = 0; data is not null && i < data.Count; i++)
+        {
+            f.Position = 4096 + s.Tensors[i].Offset;
+            f.Write(data[i]);
+        }
+        return file;
+    }
+
+    private static List<PoolTarget> Targets(string file, Snapshot s) =>
+        s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), 4096 + t.Offset, t.Length)).ToList();
+
+    private static string Publish(Snapshot s, IEnumerable<PoolTarget> targets, long generation = 1, PeerIdentity? identity = null, uint[]? allow = null) =>
+        PoolProtocol.Write(w =>
+        {
+            PeerIdentity id = identity ?? PeerIdentity.Of(s.Path);
+            w.WriteString("op", "publish");
+            w.WriteString("snapshot", s.Path);
+            w.WriteNumber("header_crc32c", id.HeaderCrc32C);
+            w.WriteNumber("file_bytes", id.FileBytes);
+            w.WriteNumber("generation", generation);
+            if (allow is not null)
+            {
+                w.WriteStartArray("allow_uids");
+                foreach (uint u in allow)
+                    w.WriteNumberValue(u);
+                w.WriteEndArray();
+            }
+            PoolProtocol.WriteTargets(w, targets);
+        });
+
+    private static string Restore(Snapshot s, string file) => PoolProtocol.RestoreRequest(s.Path, Targets(file, s), fill: false);
+
+    private static string? Served(JsonDocument r) => r.RootElement.TryGetProperty("served", out JsonElement e) ? e.GetString() : null;
+
+    private static void AssertHolds(string file, Snapshot s, List<byte[]> data)
+    {
+        byte[] bytes = File.ReadAllBytes(file);
+        for (int i = 0; i < data.Count; i++)
+            Assert.That(bytes.AsSpan(4096 + (int)s.Tensors[i].Offset, data[i].Length).ToArray(), Is.EqualTo(data[i]), $"tensor {i}");
+    }
+
+    private PoolServer Serve(SnapshotPool pool)
+    {
+        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
+        server.Start();
+        return server;
+    }
+
+    private static void WaitFor(Func<bool> condition)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!condition() && clock.Elapsed < TimeSpan.FromSeconds(10))
+            Thread.Sleep(10);
+        Assert.That(condition(), "timed out");
+    }
+
+    [Test]
+    public void APublishedPeerServesARestoreDeviceToDeviceWithoutAHostCopy()
+    {
+        var (s, data) = MakeSnapshot("peer.thaw", 1);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        using var publisher = new PoolClient(_socket);
+        using (JsonDocument p = publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))))
+            Assert.That((p.RootElement.GetProperty("generation").GetInt64(), p.RootElement.GetProperty("tensors").GetInt32(),
+                p.RootElement.GetProperty("bytes").GetInt64()), Is.EqualTo((1L, 4, s.TensorBytes)));
+        string destination = Memory("client", s);
+        using var client = new PoolClient(_socket);
+        using (JsonDocument r = client.Send(Restore(s, destination)))
+            Assert.That((Served(r), r.RootElement.GetProperty("bytes").GetInt64()), Is.EqualTo(("peer", s.TensorBytes)));
+        AssertHolds(destination, s, data);
+        Assert.That(pool.UsedBytes, Is.Zero, "the pool read nothing into its own memory");
+        using JsonDocument status = client.Send(PoolProtocol.Write(w => w.WriteString("op", "status")));
+        JsonElement published = status.RootElement.GetProperty("publications")[0];
+        Assert.That((published.GetProperty("generation").GetInt64(), published.GetProperty("served").GetInt64()), Is.EqualTo((1L, 1L)));
+    }
+
+    [Test]
+    public void APublicationEndsWithItsConnectionAndRestoresFallBack()
+    {
+        var (s, data) = MakeSnapshot("gone.thaw", 2);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        var publisher = new PoolClient(_socket);
+        publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
+        Assert.That(server.Publications, Is.EqualTo(1));
+        publisher.Dispose();
+        WaitFor(() => server.Publications == 0);
+        string destination = Memory("client", s);
+        using var client = new PoolClient(_socket);
+        Assert.That(() => client.Send(Restore(s, destination)), Throws.InstanceOf<FileNotFoundException>(), "no peer, no host copy: the client restores from the file");
+        client.Send(PoolProtocol.Write(w => { w.WriteString("op", "load"); w.WriteString("snapshot", s.Path); })).Dispose();
+        using (JsonDocument r = client.Send(Restore(s, destination)))
+            Assert.That(Served(r), Is.Not.EqualTo("peer"));
+        AssertHolds(destination, s, data);
+    }
+
+    [TestCase("unpublish")]
+    [TestCase("republish")]
+    [TestCase("disconnect")]
+    public void AMemoryChangeDuringThePeerCopyDiscardsItsBytes(string change)
+    {
+        var (s, data) = MakeSnapshot($"change-{change}.thaw", 3);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        string memory = Memory("publisher", s, data), destination = Memory("client", s);
+        byte[] garbage = Enumerable.Repeat((byte)0xAB, (int)s.DataLength + 4096).ToArray();
+        long generation = 0;
+        PoolClient? publisher = null;
+        void PublishAgain()
+        {
+            Memory("publisher", s, data);
+            publisher ??= new PoolClient(_socket);
+            publisher.Send(Publish(s, Targets(memory, s), ++generation)).Dispose();
+        }
+        // The publisher withdraws (or moves, or drops) its publication before it changes its memory,
+        // and the change lands while the pool's copy from it is being made: the copy may hold old bytes,
+        // new ones or a mix (the garbage written into the destination stands for that), so it must not count.
+        server.AfterPeerCopy = () =>
+        {
+            if (change == "unpublish")
+                publisher!.Send(PoolProtocol.Write(w => { w.WriteString("op", "unpublish"); w.WriteString("snapshot", s.Path); })).Dispose();
+            else if (change == "republish")
+                publisher!.Send(Publish(s, Targets(Memory("moved", s, data), s), ++generation)).Dispose(); // the weights moved
+            else
+            {
+                publisher!.Dispose();
+                publisher = null;
+                WaitFor(() => server.Publications == 0);
+            }
+            File.WriteAllBytes(memory, garbage);
+            File.WriteAllBytes(destination, garbage);
+        };
+        using var client = new PoolClient(_socket);
+
+        PublishAgain();
+        Assert.That(() => client.Send(Restore(s, destination)), Throws.InstanceOf<FileNotFoundException>(),
+            "no host copy: the client is told to restore from the file");
+
+        // With a host copy held, the pool overwrites every target from it instead.
+        client.Send(PoolProtocol.Write(w => { w.WriteString("op", "load"); w.WriteString("snapshot", s.Path); })).Dispose();
+        PublishAgain();
+        using (JsonDocument r = client.Send(Restore(s, destination)))
+            Assert.That(Served(r), Is.Not.EqualTo("peer"));
+        AssertHolds(destination, s, data);
+        publisher?.Dispose();
+    }
+
+    [Test]
+    public void APublisherMayStaySilentPastTheIdleTimeoutOthersMayNot()
+    {
+        var (s, data) = MakeSnapshot("idle.thaw", 9);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory, Limits = new PoolLimits { IdleTimeout = TimeSpan.FromMilliseconds(200) } };
+        server.Start();
+        using (server)
+        {
+            using var publisher = new PoolClient(_socket);
+            publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
+            using var idle = new PoolClient(_socket);
+            idle.Send(PoolProtocol.Write(w => w.WriteString("op", "ping"))).Dispose();
+            Thread.Sleep(800);
+            Assert.That(server.Publications, Is.EqualTo(1));
+            Assert.That(() => idle.Send(PoolProtocol.Write(w => w.WriteString("op", "ping"))), Throws.Exception, "the silent non-publisher was closed");
+            publisher.Send(PoolProtocol.Write(w => { w.WriteString("op", "unpublish"); w.WriteString("snapshot", s.Path); })).Dispose();
+            Assert.That(server.Publications, Is.Zero);
+            Thread.Sleep(800);
+            Assert.That(() => publisher.Send(PoolProtocol.Write(w => w.WriteString("op", "ping"))), Throws.Exception, "no longer publishing, it is closed when idle");
+        }
+    }
+
+    [Test]
+    public void AUidThePublisherDoesNotAllowIsNotServed()
+    {
+        var (s, data) = MakeSnapshot("uids.thaw", 4);
+        using var engines = DeviceEngines.Around(_engine);
+        using var peers = new PeerPublications(engines);
+        uint me = PeerCredentials.CurrentUid();
+        var publisher = new PoolPeer(me, _files.Directory);
+        string request = Publish(s, Targets(Memory("publisher", s, data), s));
+        peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(request)), PublishFields.Parse(Encoding.UTF8.GetBytes(request)), publisher, connection: 1);
+        string destination = Memory("client", s);
+        uint stranger = me == 65534 ? 65533u : 65534u;
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, out string? declined), Is.Null);
+        Assert.That(declined, Does.Contain($"uid {stranger}"));
+        Assert.That(File.ReadAllBytes(destination).All(b => b == 0), "nothing was copied for the stranger");
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), publisher, null, out declined), Is.Not.Null, declined);
+        AssertHolds(destination, s, data);
+
+        // Allowed explicitly, the stranger is served (its own file: the pool opens only memory a peer owns).
+        string allowed = Publish(s, Targets(Memory("publisher", s, data), s), generation: 2, allow: [stranger]);
+        peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(allowed)), PublishFields.Parse(Encoding.UTF8.GetBytes(allowed)), publisher, connection: 1);
+        Assert.That(() => peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, out _),
+            Throws.InstanceOf<ThawMismatchException>().With.Message.Contains($"not to the peer (uid {stranger})"),
+            "allowed to read, the stranger still writes only into memory it owns");
+        if (me != 0)
+            return; // giving the stranger a file of its own needs root
+        string own = Memory("stranger", s);
+        Assert.That(chown(own, stranger, stranger), Is.Zero);
+        Assert.That(peers.TryRestore(s.Path, Targets(own, s), new PoolPeer(stranger, _files.Directory), null, out declined), Is.Not.Null, declined);
+        AssertHolds(own, s, data);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int chown(string path, uint owner, uint group);
+
+    [Test]
+    public void APublicationIsRefusedUnlessItsMemoryAndIdentityHoldTheSnapshot()
+    {
+        var (s, data) = MakeSnapshot("refused.thaw", 5);
+        var (other, _) = MakeSnapshot("other.thaw", 6);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        string memory = Memory("publisher", s, data);
+        string small = _files.PathOf("small");
+        File.WriteAllBytes(small, new byte[4096]);
+        File.CreateSymbolicLink(_files.PathOf("link"), memory);
+        List<PoolTarget> good = Targets(memory, s);
+        PoolTarget first = good[0];
+        var cases = new (string What, string Request, string Names)[]
+        {
+            ("outside the directory", Publish(s, good.Select((t, i) => i == 1 ? t with { Handle = "../publisher"u8.ToArray() } : t)), "targets[1].handle"),
+            ("an absolute path elsewhere", Publish(s, good.Select((t, i) => i == 0 ? t with { Handle = "/etc/passwd"u8.ToArray() } : t)), "targets[0].handle"),
+            ("a symbolic link", Publish(s, good.Select(t => t with { Handle = "link"u8.ToArray() })), "symbolic link"),
+            ("past its file's end", Publish(s, good.Select((t, i) => i == 3 ? t with { Offset = s.DataLength + 4096 - t.Capacity + 1 } : t)), "targets[3]"),
+            ("a file too small", Publish(s, [first with { Handle = "small"u8.ToArray() }]), "past the end"),
+            ("capacity below the tensor", Publish(s, [first with { Capacity = first.Capacity - 1 }]), "targets[0].capacity"),
+            ("an unknown tensor", Publish(s, [first with { Name = "nope" }]), "targets[0].name"),
+            ("a tensor twice", Publish(s, [first, first]), "targets[1].name"),
+            ("no targets", Publish(s, []), "targets"),
+            ("another snapshot's identity", Publish(s, good, identity: PeerIdentity.Of(other.Path)), "not the one published"),
+            ("a wrong size", Publish(s, good, identity: PeerIdentity.Of(s.Path) with { FileBytes = s.FileLength + 1 }), "not the one published"),
+        };
+        using var publisher = new PoolClient(_socket);
+        foreach (var (what, request, names) in cases)
+        {
+            Assert.That(() => publisher.Send(request).Dispose(), Throws.InstanceOf<ThawException>().Or.InstanceOf<FileNotFoundException>()
+                .With.Message.Contains(names), what);
+            Assert.That(server.Publications, Is.Zero, what);
+        }
+        publisher.Send(Publish(s, good, generation: 5)).Dispose();
+        var stale = Assert.Throws<ThawException>(() => publisher.Send(Publish(s, good, generation: 5)).Dispose());
+        Assert.That(stale!.Kind, Is.EqualTo(ThawErrorKind.Mismatch));
+        Assert.That(stale.Message, Does.Contain("generation: 5 does not follow"));
+        string destination = Memory("client", s);
+        using (JsonDocument r = publisher.Send(Restore(s, destination)))
+            Assert.That(Served(r), Is.EqualTo("peer"), "a refused re-publish leaves generation 5 published");
+        AssertHolds(destination, s, data);
+    }
+
+    [Test]
+    public void AFileReplacedOnDiskIsNotServedFromTheOldPublication()
+    {
+        var (s, data) = MakeSnapshot("replaced.thaw", 7);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        using var publisher = new PoolClient(_socket);
+        publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
+        var (replacement, _) = MakeSnapshot("replacement.thaw", 8);
+        File.Move(replacement.Path, s.Path, overwrite: true);
+        Snapshot now = SnapshotReader.Read(s.Path);
+        using var client = new PoolClient(_socket);
+        Assert.That(() => client.Send(Restore(now, Memory("client", now))), Throws.InstanceOf<FileNotFoundException>());
+    }
+
+    [TestCase("\"header_crc32c\":4294967296", "header_crc32c")]
+    [TestCase("\"header_crc32c\":-1", "header_crc32c")]
+    [TestCase("\"header_crc32c\":1.5", "header_crc32c")]
+    [TestCase("\"generation\":\"1\"", "generation")]
+    [TestCase("\"generation\":9223372036854775808", "generation")]
+    [TestCase("\"allow_uids\":[4294967295]", "allow_uids[0]")]
+    [TestCase("\"allow_uids\":[-1]", "allow_uids[0]")]
+    [TestCase("\"allow_uids\":7", "allow_uids")]
+    [TestCase("\"allow_uids\":[],\"allow_uids\":[]", "allow_uids: given twice")]
+    public void MalformedPublishFieldsAreRefusedByName(string field, string names)
+    {
+        string line = $"{{\"op\":\"publish\",\"snapshot\":\"/x\",\"header_crc32c\":1,\"file_bytes\":1,\"generation\":1,{field},\"targets\":[]}}";
+        line = line.Replace("\"header_crc32c\":1,", field.StartsWith("\"header_crc32c\"", StringComparison.Ordinal) ? "" : "\"header_crc32c\":1,")
+                   .Replace("\"generation\":1,", field.StartsWith("\"generation\"", StringComparison.Ordinal) ? "" : "\"generation\":1,");
+        var e = Assert.Throws<FormatException>(() => PublishFields.Parse(Encoding.UTF8.GetBytes(line)));
+        Assert.That(e!.Message, Does.StartWith(names));
+    }
+
+    [Test]
+    public void APublishWithoutItsIdentityOrWithTooManyUidsIsRefused()
+    {
+        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"file_bytes\":1,\"generation\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("header_crc32c"));
+        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"header_crc32c\":1,\"generation\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("file_bytes"));
+        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"header_crc32c\":1,\"file_bytes\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("generation"));
+        string many = string.Join(",", Enumerable.Range(0, PublishFields.MaxAllowUids + 1));
+        Assert.That(() => PublishFields.Parse(Encoding.UTF8.GetBytes($"{{\"header_crc32c\":1,\"file_bytes\":1,\"generation\":1,\"allow_uids\":[{many}]}}")),
+            Throws.InstanceOf<FormatException>().With.Message.Contains("more than the 64"));
+        PublishFields ok = PublishFields.Parse("{\"header_crc32c\":4294967295,\"file_bytes\":9223372036854775807,\"generation\":0,\"allow_uids\":[0,4294967294]}"u8);
+        Assert.That((ok.Identity.HeaderCrc32C, ok.Identity.FileBytes, ok.Generation, ok.AllowUids!.Count), Is.EqualTo((uint.MaxValue, long.MaxValue, 0L, 2)));
+    }
+}
