@@ -28,6 +28,9 @@ def __getattr__(name):
     if name == "kv_info":
         from .kv import info
         return info
+    if name == "publish":
+        from .peer import publish
+        return publish
     if name in ("load", "freeze_vllm", "restore_vllm"):
         from . import vllm_api
         return getattr(vllm_api, name)
@@ -37,6 +40,6 @@ def __getattr__(name):
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
            "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
            "freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts",
-           "freeze_kv", "restore_kv", "kv_info",
+           "freeze_kv", "restore_kv", "kv_info", "publish",
            "ThawError", "ThawPoolUnavailable", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

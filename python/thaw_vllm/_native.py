@@ -67,7 +67,7 @@ class RestoreStats(ctypes.Structure):
     TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 
     # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.
-    SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill"}
+    SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill", 5: "peer"}
 
     @property
     def source_name(self) -> str:
@@ -126,6 +126,14 @@ def _declare(lib):
     lib.thaw_pool_call.argtypes = [c.c_char_p, c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
     lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
+    lib.thaw_snapshot_identity.argtypes = [c.c_char_p, c.POINTER(c.c_uint32), c.POINTER(c.c_int64)]
+    lib.thaw_pool_publish.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_uint32, c.c_int64,
+                                      c.POINTER(c.c_uint32), c.c_int, c.POINTER(c.c_int64), c.POINTER(c.c_void_p)]
+    lib.thaw_pool_republish.argtypes = [c.c_void_p, c.POINTER(TensorArray), c.POINTER(c.c_int64)]
+    lib.thaw_pool_withdraw.argtypes = [c.c_void_p]
+    lib.thaw_pool_unpublish.argtypes = [c.c_void_p]
+    for name in ("thaw_snapshot_identity", "thaw_pool_publish", "thaw_pool_republish", "thaw_pool_withdraw", "thaw_pool_unpublish"):
+        getattr(lib, name).restype = c.c_int
     for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_pool_restore", "thaw_pool_call",
                  "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore", "thaw_restore_checked",
                  "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
@@ -245,6 +253,45 @@ def pool_restore(socket, path, request, names, dtypes, shapes, addresses, capaci
     _check(lib, lib.thaw_pool_restore(None if socket is None else _path(socket), _path(path), ctypes.byref(request),
                                       ctypes.byref(tensors.array), ctypes.byref(stats)))
     return stats
+
+
+def snapshot_identity(path) -> tuple:
+    """(header CRC32C, file bytes) of a snapshot file now: what a publication of its bytes names."""
+    lib = library()
+    crc, size = ctypes.c_uint32(), ctypes.c_int64()
+    _check(lib, lib.thaw_snapshot_identity(_path(path), ctypes.byref(crc), ctypes.byref(size)))
+    return crc.value, size.value
+
+
+def pool_publish(socket, path, request, identity, allow_uids, names, dtypes, shapes, addresses, capacities):
+    """Publishes tensors to a pool; returns (handle, generation). The handle holds the pool connection
+    until pool_unpublish."""
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
+    uids = (ctypes.c_uint32 * max(1, len(allow_uids)))(*allow_uids)
+    generation, handle = ctypes.c_int64(), ctypes.c_void_p()
+    _check(lib, lib.thaw_pool_publish(None if socket is None else _path(socket), _path(path), ctypes.byref(request),
+                                      ctypes.byref(tensors.array), identity[0], identity[1], uids, len(allow_uids),
+                                      ctypes.byref(generation), ctypes.byref(handle)))
+    return handle.value, generation.value
+
+
+def pool_republish(handle, names, dtypes, shapes, addresses, capacities) -> int:
+    lib = library()
+    tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
+    generation = ctypes.c_int64()
+    _check(lib, lib.thaw_pool_republish(handle, ctypes.byref(tensors.array), ctypes.byref(generation)))
+    return generation.value
+
+
+def pool_withdraw(handle):
+    lib = library()
+    _check(lib, lib.thaw_pool_withdraw(handle))
+
+
+def pool_unpublish(handle):
+    lib = library()
+    _check(lib, lib.thaw_pool_unpublish(handle))
 
 
 def pool_call(socket, op, snapshot=None) -> dict:

@@ -72,6 +72,8 @@ EXTRA_KEYS = {
     "sleep_backend": ("use Thaw as vLLM's sleep-mode backend: sleep(2) then wake_up() restores the snapshot", _flag),
     "multicast": ("join a multicast group {store: host:port, rank, size, ...} whose source sends the snapshot "
                   "(docs/MULTI_GPU.md); ranks it does not reach restore their own file", _multicast),
+    "publish": ("after restoring, publish the weights to the pool so that the next instance restoring the same "
+                "snapshot is served from this GPU device to device (needs pool; docs/POOL.md)", _flag),
     "compile_cache": ("write the torch.compile cache frozen beside the snapshot into VLLM_CACHE_ROOT before vLLM "
                       "compiles (default true)", _flag),
 }
@@ -87,6 +89,8 @@ def validate_extra_config(extra) -> dict:
                          f"known: {', '.join(f'{k} ({v[0]})' for k, v in EXTRA_KEYS.items())}")
     for key, value in extra.items():
         EXTRA_KEYS[key][1](key, value)
+    if extra.get("publish") and not extra.get("pool"):
+        raise ValueError("load_format='thaw': publish offers the weights through a pool: set pool too")
     return extra
 
 
@@ -165,12 +169,16 @@ def resolve_checkpoint(model_or_path, load_config, revision=None) -> Path:
     return Path(folder)
 
 
-def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None) -> dict:
+def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None, publish=False) -> dict:
     """Restores this rank's file of a snapshot into an already processed model: tensors,
     then the scalars processing derived. The bridge checks names, dtypes, shapes and the
-    fingerprint against the header before any byte moves. multicast: the extra config's group to join."""
+    fingerprint against the header before any byte moves. multicast: the extra config's group to join.
+    publish: then offer the weights to the pool for the next instance (vllm_peer.py)."""
     ranks = parallel_ranks(vllm_config)
     path = rank_file(snapshot, ranks)
+    if publish:
+        from . import vllm_peer
+        identity = vllm_peer.identity_before_restore(path)
     started = time.perf_counter()
     tensors = vllm_capture.model_tensors(model)
     checks = dict(strict=True, metadata=fingerprint(vllm_config, model_config, ranks, model, device),
@@ -184,11 +192,13 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
         served = stats["path"]
     else:
         stats, header = torch_io.restore_checked(tensors, path, **checks, **options)
-        served = stats["source"]
+        served = "peer" if stats.get("via") == "peer" else stats["source"]
     vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started
     log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"],
              path, served, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
+    if publish:
+        vllm_peer.publish_model(model, tensors, path, identity, options.get("pool"), ranks.describe())
     return stats
 
 
@@ -270,7 +280,7 @@ def make_loader_class():
                     _process(model, model_config, device)
                     _refuse_unmaterialized(model, "the draft model" if draft else "the model")
                     restore_snapshot(model, snapshot, vllm_config, model_config, options, device,
-                                     None if draft else self.extra.get("multicast"))
+                                     None if draft else self.extra.get("multicast"), publish=bool(self.extra.get("publish")))
                     if not draft and self.extra.get("compile_cache", True):
                         restore_compile_cache(vllm_config, snapshot)
             if self.extra.get("sleep_backend"):

@@ -76,6 +76,8 @@ if SleepModeBackend is not None:
 
         def suspend(self, level: int = 1) -> None:
             from vllm.device_allocator import get_mem_allocator_instance
+            from . import vllm_peer
+            vllm_peer.withdraw_all()  # before the weights' memory is offloaded or released
             self._state = "SUSPENDED"
             self._level = level
             get_mem_allocator_instance().sleep(offload_tags=("weights",) if level == 1 else tuple())
@@ -88,6 +90,9 @@ if SleepModeBackend is not None:
                 restored = restore_attached()
                 log.info("thaw: woke from sleep level 2, %d bytes restored from snapshots", restored)
                 self._level = 0
+            if tags is None or "weights" in tags:
+                from . import vllm_peer
+                vllm_peer.republish_all()  # the weights hold their snapshot's bytes again
             self._state = "RUNNING"
 
         @classmethod

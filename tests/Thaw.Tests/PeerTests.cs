@@ -56,9 +56,12 @@ public class PeerTests
     private static List<PoolTarget> Targets(string file, Snapshot s) =>
         s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), 4096 + t.Offset, t.Length)).ToList();
 
-    private static string Publish(Snapshot s, IEnumerable<PoolTarget> targets, long generation = 1, PeerIdentity? identity = null, uint[]? allow = null) =>
+    private static string Publish(Snapshot s, IEnumerable<PoolTarget> targets, long generation = 1, PeerIdentity? identity = null, uint[]? allow = null,
+        string? device = null) =>
         PoolProtocol.Write(w =>
         {
+            if (device is not null)
+                w.WriteString("device", device);
             PeerIdentity id = identity ?? PeerIdentity.Of(s.Path);
             w.WriteString("op", "publish");
             w.WriteString("snapshot", s.Path);
@@ -75,7 +78,7 @@ public class PeerTests
             PoolProtocol.WriteTargets(w, targets);
         });
 
-    private static string Restore(Snapshot s, string file) => PoolProtocol.RestoreRequest(s.Path, Targets(file, s), fill: false);
+    private static string Restore(Snapshot s, string file, string? device = null) => PoolProtocol.RestoreRequest(s.Path, Targets(file, s), fill: false, device);
 
     private static string? Served(JsonDocument r) => r.RootElement.TryGetProperty("served", out JsonElement e) ? e.GetString() : null;
 
@@ -120,6 +123,23 @@ public class PeerTests
         using JsonDocument status = client.Send(PoolProtocol.Write(w => w.WriteString("op", "status")));
         JsonElement published = status.RootElement.GetProperty("publications")[0];
         Assert.That((published.GetProperty("generation").GetInt64(), published.GetProperty("served").GetInt64()), Is.EqualTo((1L, 1L)));
+    }
+
+    [Test]
+    public void APublisherOnAnotherDeviceServesAPeerCopy()
+    {
+        var (s, data) = MakeSnapshot("cross.thaw", 10);
+        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        using var publisher = new PoolClient(_socket);
+        publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s), device: "mock-1")).Dispose();
+        string destination = Memory("client", s);
+        using var client = new PoolClient(_socket);
+        using (JsonDocument r = client.Send(Restore(s, destination, "mock-0")))
+            Assert.That((Served(r), r.RootElement.GetProperty("device").GetString()), Is.EqualTo(("peer", "mock-0")));
+        AssertHolds(destination, s, data);
+        Assert.That(() => publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s), generation: 2, device: "mock-99")),
+            Throws.InstanceOf<ThawException>().With.Message.Contains("mock-99"));
     }
 
     [Test]

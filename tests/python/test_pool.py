@@ -33,10 +33,10 @@ def server(tmp_path):
     assert process.returncode == 0 and not socket_path.exists(), "SIGTERM stops the pool cleanly"
 
 
-def shared_views(tmp_path, header):
+def shared_views(tmp_path, header, name="device-memory"):
     """Mock device memory a pool can open: tensors laid out as the snapshot's data section in a
     file mapped MAP_SHARED (torch.from_file(shared=True)); the client finds the file by address."""
-    shared = tmp_path / "device-memory"
+    shared = tmp_path / name
     size = header["file_length"] - header["data_offset"]
     shared.write_bytes(b"\0" * size)
     memory = torch.from_file(str(shared), shared=True, size=size, dtype=torch.uint8)

@@ -568,3 +568,96 @@ def test_another_uid_reaches_only_its_own_files(serve):
     exact = all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[pool.snapshot][t["name"]] for t in pool.tensors)
     f.check("uid 65534 restores into its own file", own and own["ok"] and exact)
     f.finish()
+
+
+def publish_message(pool, handle, identity, generation=1, edit=None, **fields):
+    message = {"op": "publish", "snapshot": str(pool.snapshot), "header_crc32c": identity[0], "file_bytes": identity[1],
+               "generation": generation, "targets": pool.targets(handle, edit), **fields}
+    return message
+
+
+def publisher_memory(pool, name="publisher-memory"):
+    """A publisher's "device memory": a shared file holding the snapshot's bytes at their offsets."""
+    path = pool.shared_file(name=name)
+    with open(path, "r+b") as f:
+        for t in pool.tensors:
+            f.seek(t["offset"])
+            f.write(EXPECTED[pool.snapshot][t["name"]])
+    return path
+
+
+def test_hostile_publications(serve, tmp_path):
+    from thaw_vllm import peer
+    pool = serve("--allow-uids", f"{os.getuid()},65534")
+    f = Family("hostile publications", pool)
+    identity = peer.identity(pool.snapshot)
+    memory = publisher_memory(pool)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"\0" * pool.size)
+    (pool.shm / "link").symlink_to(memory)
+    small = pool.shared_file(size=100, name="small")
+    path = json.dumps(str(pool.snapshot))
+    base = f'"op":"publish","snapshot":{path},"targets":{json.dumps(pool.targets(memory.name))}'
+    # Fields malformed, missing, repeated, or at and past their edges.
+    for field, value in [("header_crc32c", v) for v in NUMBERS + ["4294967296"]] + \
+                        [("file_bytes", v) for v in NUMBERS] + [("generation", v) for v in NUMBERS] + \
+                        [("allow_uids", v) for v in ["7", "null", "{}", "[-1]", "[4294967295]", "[1.5]", "[\"0\"]",
+                                                     "[" + ",".join(map(str, range(65))) + "]", "[[0]]"]]:
+        fields = {"header_crc32c": str(identity[0]), "file_bytes": str(identity[1]), "generation": "1"}
+        fields[field] = value
+        line = "{" + base + "".join(f',"{k}":{v}' for k, v in fields.items()) + "}"
+        answer = pool.send_line(line.encode())
+        f.refused(f"{field} = {value[:40]}", answer)
+    for missing in ("header_crc32c", "file_bytes", "generation", "targets", "snapshot"):
+        message = publish_message(pool, memory.name, identity)
+        del message[missing]
+        f.refused(f"no {missing}", pool.call(message))
+    f.refused("generation given twice", pool.send_line(("{" + base + f',"header_crc32c":{identity[0]},"file_bytes":{identity[1]},'
+                                                        '"generation":1,"generation":2}').encode()))
+    # Identities of another file, and memory that does not hold the snapshot.
+    f.refused("another header CRC32C", pool.call(publish_message(pool, memory.name, ((identity[0] + 1) % 2**32, identity[1]))))
+    f.refused("another size", pool.call(publish_message(pool, memory.name, (identity[0], identity[1] + 4096))))
+    for handle in [str(victim), f"../{tmp_path.name}/victim", "link", "missing", "..", "/dev/zero", "/proc/self/mem", "small"]:
+        f.refused(f"publisher handle {handle!r}", pool.call(publish_message(pool, handle, identity)))
+    for what, edit in [("offset past the end", lambda t, x: t.update(offset=pool.size)),
+                       ("capacity past the end", lambda t, x: t.update(capacity=pool.size + 1)),
+                       ("offset 2^63-1", lambda t, x: t.update(offset=2**63 - 1)),
+                       ("capacity below the tensor", lambda t, x: t.update(capacity=x["length"] - 1)),
+                       ("an unknown tensor", lambda t, x: t.update(name="nope"))]:
+        f.refused(f"publish with {what}", pool.call(publish_message(pool, memory.name, identity, edit=edit)))
+    twice = publish_message(pool, memory.name, identity)
+    twice["targets"].append(dict(twice["targets"][0]))
+    f.refused("a tensor published twice", pool.call(twice))
+    f.check("nothing refused was published", pool.call({"op": "status"})["publications"] == [])
+    f.check("the victim outside is untouched", not any(victim.read_bytes()))
+
+    # A good publication, held open: a client is served from it; a lower generation cannot replace it.
+    with pool.connect() as publisher:
+        publisher.sendall(json.dumps(publish_message(pool, memory.name, identity, generation=5)).encode() + b"\n")
+        f.check("a good publication", (read_answer(publisher) or {}).get("generation") == 5)
+        publisher.sendall(json.dumps(publish_message(pool, memory.name, identity, generation=4)).encode() + b"\n")
+        f.refused("a generation that does not grow", read_answer(publisher))
+        client = pool.shared_file()
+        answer = pool.restore(client.name)
+        data = client.read_bytes()
+        exact = all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[pool.snapshot][t["name"]] for t in pool.tensors)
+        f.check("served from the peer, bit-exact", answer and answer.get("served") == "peer" and exact)
+        if os.geteuid() == 0:
+            os.chmod(pool.socket, 0o666)
+            os.chmod(pool.snapshot.parent, 0o755)
+            out = run_as(65534, pool, pool.shared_file())
+            f.check("uid 65534, not allowed by the publisher, is not served from its memory",
+                    out["own_file"] and out["own_file"]["ok"] and out["own_file"].get("served") != "peer")
+            publisher.sendall(json.dumps(publish_message(pool, memory.name, identity, generation=6, allow_uids=[65534])).encode() + b"\n")
+            f.check("published again for uid 65534", (read_answer(publisher) or {}).get("generation") == 6)
+            out = run_as(65534, pool, pool.shared_file())
+            data = (pool.shm / "child-file").read_bytes()
+            exact = all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[pool.snapshot][t["name"]] for t in pool.tensors)
+            f.check("uid 65534, allowed, is served from the peer into its own file", out["own_file"].get("served") == "peer" and exact)
+            f.refused("uid 65534 still cannot target root's file", out["root_file"])
+    for _ in range(100):
+        if pool.call({"op": "status"})["publications"] == []:
+            break
+        time.sleep(0.05)
+    f.check("the publication ended with its connection", pool.call({"op": "status"})["publications"] == [])
+    f.finish()

@@ -376,7 +376,9 @@ def test_without_a_snapshot_the_checkpoint_streams_into_load_weights(tmp_path):
     ({"io": "fast"}, "io must be one of"),
     ({"threads": -1}, "threads must be a whole number"),
     ({"verify": "yes"}, "verify must be true or false"),
-    ({"pool": 3}, "pool must be")])
+    ({"pool": 3}, "pool must be"),
+    ({"publish": "yes"}, "publish must be true or false"),
+    ({"publish": True}, "set pool too")])
 def test_extra_config_is_validated_with_clear_errors(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         engine(tmp_path, "thaw", extra)
@@ -458,3 +460,18 @@ def test_load_and_freeze_vllm_through_the_one_line_api(tmp_path, monkeypatch):
     assert_same(streamed.worker.get_model(), restored.worker.get_model())
     assert_same(engine(checkpoint).worker.get_model(), restored.worker.get_model())
     assert tiny.CONSTRUCTED  # the double's model was built
+
+
+def test_publish_key_publishes_after_the_restore_or_says_why_not(tmp_path, caplog):
+    from test_pool import server as serve_pool  # noqa: F401
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    reference = engine(checkpoint)
+    thaw_vllm.freeze_vllm(reference, tmp_path / "snap")
+    extra = {"snapshot": str(tmp_path / "snap"), "pool": str(tmp_path / "absent.sock"), "publish": True}
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        restored = engine(checkpoint, "thaw", extra)
+    assert_same(reference.worker.get_model(), restored.worker.get_model())
+    # The double's weights are private CPU memory and no pool listens: one warning, and the engine runs.
+    [why] = [r for r in caplog.records if "did not publish" in r.message]
+    assert why.levelno == logging.WARNING and "for the next instance" in why.message
+    assert any("via file" in r.message for r in caplog.records)

@@ -83,6 +83,7 @@ public sealed class PoolPublisher : IDisposable
             w.WriteNumber("header_crc32c", _identity.HeaderCrc32C);
             w.WriteNumber("file_bytes", _identity.FileBytes);
             w.WriteNumber("generation", generation);
+            w.WriteString("device", _engine.Identity);
             w.WriteStartArray("allow_uids");
             foreach (uint uid in _allowUids)
                 w.WriteNumberValue(uid);
