@@ -86,7 +86,7 @@ internal sealed class RestoreCommand : Command
                 return false;
             seconds.Add(r.Seconds);
             Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) through the pool to {Target(engine)} " +
-                $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({(r.Filled ? "pool fill" : "pool hit")})");
+                $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({(r.FromPeer ? "a live peer" : r.Filled ? "pool fill" : "pool hit")})");
         }
         PrintMedian(seconds, snapshot.TensorBytes, " through the pool");
         return true;

@@ -24,6 +24,8 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
     public const int MaxPerConnection = 16;
     /// <summary>What the publications' tables may take, summed (names, handles and offsets).</summary>
     public const long MaxStoredBytes = 256L << 20;
+    /// <summary>Publishers' allocations held open at once, over all publications (each is a mapping, or on the mock a descriptor).</summary>
+    public const int MaxOpenAllocations = 4096;
 
     private sealed record PublishedTensor(ulong Address, long Length);
 
@@ -40,6 +42,7 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         public Dictionary<string, PublishedTensor> Tensors { get; } = new(StringComparer.Ordinal);
         public List<ulong> Opened { get; } = [];
         public long StoredBytes;
+        public int Allocations;
         public long TensorBytes;
         public bool Live = true;
         public int Users;
@@ -51,6 +54,7 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
     private readonly List<Publication> _publications = [];
     private readonly Lock _lock = new();
     private long _storedBytes;
+    private int _allocations;
 
     /// <summary>Test support: runs after a peer's copy, before the check that the publication did not change.</summary>
     internal Action? AfterPeerCopy { get; set; }
@@ -86,6 +90,7 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         var publication = new Publication(connection, publisher, engine, key, now, fields.Generation, readers);
         foreach (PoolTarget t in targets)
             publication.StoredBytes += Encoding.UTF8.GetByteCount(t.Name) + t.Handle.Length + 64;
+        publication.Allocations = targets.Select(t => Convert.ToBase64String(t.Handle)).Distinct().Count();
         lock (_lock)
         {
             Publication? previous = _publications.Find(p => p.Connection == connection && p.Key == key);
@@ -95,9 +100,13 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
                 throw new ThawException(ThawErrorKind.OutOfHostMemory, $"a connection may hold at most {MaxPerConnection} publications");
             if (previous is null && _publications.Count >= MaxPublications)
                 throw new ThawException(ThawErrorKind.OutOfHostMemory, $"the pool holds {MaxPublications} publications already; retry later");
-            if (_storedBytes + publication.StoredBytes > MaxStoredBytes)
+            // What the publication it replaces holds is given back below.
+            if (_storedBytes - (previous?.StoredBytes ?? 0) + publication.StoredBytes > MaxStoredBytes)
                 throw new ThawException(ThawErrorKind.OutOfHostMemory, $"the pool's publications would take more than {MaxStoredBytes} bytes; retry later");
+            if (_allocations - (previous?.Allocations ?? 0) + publication.Allocations > MaxOpenAllocations)
+                throw new ThawException(ThawErrorKind.OutOfHostMemory, $"the pool's publications would hold more than {MaxOpenAllocations} allocations open; retry later");
             _storedBytes += publication.StoredBytes;
+            _allocations += publication.Allocations;
             // The old memory is withdrawn first: a copy from it still running is discarded.
             if (previous is not null)
                 Retire(previous);
@@ -109,7 +118,10 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         catch
         {
             lock (_lock)
+            {
                 _storedBytes -= publication.StoredBytes;
+                _allocations -= publication.Allocations;
+            }
             CloseAll(publication);
             throw;
         }
@@ -312,6 +324,7 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         p.Live = false;
         _publications.Remove(p);
         _storedBytes -= p.StoredBytes;
+        _allocations -= p.Allocations;
         if (p.Users == 0)
             CloseAll(p);
     }
