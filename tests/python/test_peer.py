@@ -90,9 +90,8 @@ def test_a_new_process_is_served_from_a_live_peer_and_falls_back_when_it_exits(t
         a.process.wait(timeout=30)
         wait_for_publications(server, 0)
         target, stats = restore(tmp_path, snapshot, server)
-        assert stats["source"] == "file"
+        assert stats["via"] == "pool fill", "no peer: the pool reads the file, filling its host copy"
         assert_exact(target, state)
-        pool.load(snapshot, server)
         target, stats = restore(tmp_path, snapshot, server)
         assert stats["via"] == "pool hit"
         assert_exact(target, state)
@@ -106,7 +105,7 @@ def test_a_withdrawn_peer_is_never_read_and_its_next_generation_serves_again(tmp
     try:
         assert a.tell("withdraw-and-zero") == {"published": False}
         target, stats = restore(tmp_path, snapshot, server)
-        assert stats["source"] == "file", "A's zeros are never served"
+        assert stats["via"] == "pool fill", "A's zeros are never served"
         assert_exact(target, state)
         assert a.tell("restore-and-bump") == {"generation": 2}
         target, stats = restore(tmp_path, snapshot, server)
@@ -167,7 +166,7 @@ def test_the_vllm_publication_is_withdrawn_for_sleep_and_published_again_after(t
         vllm_peer.withdraw_all()  # vllm_sleep.ThawSleepBackend.suspend, before the allocator sleeps
         assert pool.status(server)["publications"] == []
         target, stats = restore(tmp_path, snapshot, server)
-        assert stats["source"] == "file"
+        assert stats["via"] != "peer"
         vllm_peer.republish_all()  # ThawSleepBackend.resume, once the weights are back
         assert pool.status(server)["publications"][0]["generation"] == 2
         target, stats = restore(tmp_path, snapshot, server)
