@@ -187,6 +187,37 @@ int main(void)
     CHECK(a.stats.failed_allocation == 2 && a.stats.failed_copy == UINT32_MAX);
     CHECK(open_descriptors() == descriptors);
 
+    /* Many more allocations than lanes look ahead: lanes meet allocations nobody has opened yet,
+     * open them themselves or wait for the lane opening them, and close behind. */
+    {
+        enum { MANY = 64 };
+        thawcore_engine *two = make_engine(THAWCORE_DEVICE_MOCK, 65536, 65536 * 4, 2);
+        static char names[MANY][32];
+        thawcore_peer_allocation allocations[MANY];
+        thawcore_peer_copy copies[MANY];
+        size_t each = piece + piece / 2;
+        unsigned char *many = malloc(MANY * each);
+        fill_random(many, MANY * each, 23);
+        for (uint32_t i = 0; i < MANY; i++) {
+            snprintf(names[i], sizeof names[i], "many%u", i);
+            make_file(names[i], (off_t)each);
+            allocations[i] = (thawcore_peer_allocation){ names[i], (uint32_t)strlen(names[i]), i, 1, 0 };
+            copies[i] = (thawcore_peer_copy){ (uint64_t)(uintptr_t)(many + i * each), 0, each, each };
+        }
+        thawcore_peer_copy_stats stats;
+        CHECK(thawcore_engine_peer_copy(two, &peer, allocations, MANY, copies, MANY, &stats) == 0);
+        CHECK(stats.lanes == 2 && stats.open_seconds + stats.wait_seconds + stats.copy_seconds + stats.close_seconds <= stats.seconds);
+        unsigned char *back = malloc(each);
+        for (uint32_t i = 0; i < MANY; i++) {
+            read_file(names[i], back, each, 0);
+            CHECK(memcmp(back, many + i * each, each) == 0);
+        }
+        CHECK(open_descriptors() == descriptors);
+        free(back);
+        free(many);
+        thawcore_engine_destroy(two);
+    }
+
     /* Malformed requests never reach a handle. */
     build(&a, zero, "a", source, piece);
     a.allocations[1].first_copy = 4;
