@@ -40,6 +40,6 @@ def running_pool(thaw, socket_path, budget_mib, device="cuda", env=None, extra_a
 def timings_line(stats) -> str:
     """Where a pool restore's seconds went (docs/POOL.md, "Where a restore's time goes")."""
     t = stats["timings"]
-    return (f"[{stats.get('opens', '?')} opens] resolve {t['resolve_s'] * 1e3:.1f} ms, request {t['request_s'] * 1e3:.1f} ms, pool {t['pool_s'] * 1e3:.1f} ms "
+    return (f"[{stats.get('allocations', '?')} allocations, {stats.get('opens', '?')} opens] resolve {t['resolve_s'] * 1e3:.1f} ms, request {t['request_s'] * 1e3:.1f} ms, pool {t['pool_s'] * 1e3:.1f} ms "
             f"(lanes: open {t['open_s'] * 1e3:.1f}, wait {t['wait_s'] * 1e3:.1f}, copy {t['copy_s'] * 1e3:.1f}, "
             f"close {t['close_s'] * 1e3:.1f} ms)")

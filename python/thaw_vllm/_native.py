@@ -62,7 +62,7 @@ class RestoreStats(ctypes.Structure):
         ("copy_s", ctypes.c_double),
         ("close_s", ctypes.c_double),
         ("serial_opens", ctypes.c_int32),
-        ("reserved2", ctypes.c_int32),
+        ("allocations", ctypes.c_int32),
     ]
     TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 

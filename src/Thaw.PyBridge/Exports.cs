@@ -66,7 +66,7 @@ public static unsafe partial class Exports
         public double CopySeconds;
         public double CloseSeconds;
         public int SerialOpens;     // 1: the pool opened the handles in order first (THAWCORE_POOL_OPEN=serial)
-        public int Reserved2;
+        public int Allocations;     // distinct allocations (IPC handles) the pool opened
     }
 
     /// <summary>Which path served a restore's bytes (the loader's log line names it).</summary>
@@ -175,7 +175,7 @@ public static unsafe partial class Exports
                 Source = (int)(r.FromPeer ? RestoreSource.Peer : r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
                 ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
                 PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
-                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, SerialOpens = r.Timings.SerialOpens ? 1 : 0,
+                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, SerialOpens = r.Timings.SerialOpens ? 1 : 0, Allocations = r.Timings.Allocations,
             };
         return 0;
     });

@@ -165,7 +165,8 @@ public class PoolDeviceTests
             Assert.That(parts, Has.All.GreaterThanOrEqualTo(0.0));
             Assert.That(parts[0], Is.GreaterThan(0.0), "opening a handle takes time");
             Assert.That(parts.Sum(), Is.LessThanOrEqualTo(seconds));
-            Assert.That((r.GetProperty("device").GetString(), r.GetProperty("lanes").GetInt32()), Is.EqualTo(("mock-0", 2)));
+            Assert.That((r.GetProperty("device").GetString(), r.GetProperty("lanes").GetInt32(), r.GetProperty("allocations").GetInt32()),
+                Is.EqualTo(("mock-0", 2, 1)));
         }
         using var memory = new SharedMemory(Path.Combine(_shm, "mapped"), _snapshot.DataLength);
         using var mapped = PoolClient.Connect(_server.SocketPath);
@@ -192,7 +193,8 @@ public class PoolDeviceTests
             PoolProtocol.RestoreRequest(_snapshot.Path, _snapshot.Tensors.Select((t, i) =>
                 new PoolTarget(t.Name, Encoding.UTF8.GetBytes(names[i]), offset(i), t.Length)), fill: false, "mock-0");
         using var client = new PoolClient(_server.SocketPath);
-        client.Send(RequestOf(_ => 50)).Dispose(); // a first one, so that lazily made state is not counted as a leak
+        using (JsonDocument first = client.Send(RequestOf(_ => 50))) // a first one, so that lazily made state is not counted as a leak
+            Assert.That(first.RootElement.GetProperty("allocations").GetInt32(), Is.EqualTo(names.Length));
         int descriptors = OpenDescriptors();
         for (int round = 0; round < 5; round++)
             client.Send(RequestOf(_ => 100)).Dispose();

@@ -11,6 +11,9 @@ public sealed record PoolServedRestore(long Bytes, double Seconds, string Device
     /// <summary>The pool did not hold the snapshot and read it while serving (a fill), rather than a hit.</summary>
     public bool Filled { get; init; }
 
+    /// <summary>Distinct allocations of the client the restore opened (a handle each).</summary>
+    public int Allocations { get; init; }
+
     /// <summary>The response fields beside <c>ok</c>.</summary>
     public void WriteTo(Utf8JsonWriter w)
     {
@@ -23,6 +26,7 @@ public sealed record PoolServedRestore(long Bytes, double Seconds, string Device
         w.WriteNumber("copy_s", Copy.CopySeconds);
         w.WriteNumber("close_s", Copy.CloseSeconds);
         w.WriteNumber("lanes", Copy.Lanes);
+        w.WriteNumber("allocations", Allocations);
         w.WriteString("opens", Copy.Serial ? "serial" : "pipelined");
     }
 }
@@ -41,6 +45,9 @@ internal sealed class PeerCopyPlan
 
     /// <summary>Tensor bytes the restore copies.</summary>
     public long Bytes { get; private set; }
+
+    /// <summary>Distinct allocations (handles) the restore opens.</summary>
+    public int Allocations => _allocations.Count;
 
     /// <exception cref="ThawMismatchException">A name the snapshot lacks or asked twice, a capacity too small,
     /// or more distinct handles than <paramref name="maxHandles"/>.</exception>

@@ -14,6 +14,8 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
 {
     /// <summary>The pool opened every handle in order before copying (THAWCORE_POOL_OPEN=serial).</summary>
     public bool SerialOpens { get; init; }
+    /// <summary>Distinct allocations (IPC handles) the pool opened for the restore.</summary>
+    public int Allocations { get; init; }
 
     /// <summary>No breakdown (a pool that sends none).</summary>
     public static readonly PoolRestoreTimings None = new(0, 0, 0, 0, 0, 0, 0);
@@ -27,6 +29,7 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
             Field("open_s"), Field("wait_s"), Field("copy_s"), Field("close_s"))
         {
             SerialOpens = response.TryGetProperty("opens", out JsonElement opens) && opens.ValueKind == JsonValueKind.String && opens.GetString() == "serial",
+            Allocations = response.TryGetProperty("allocations", out JsonElement a) && a.TryGetInt32(out int n) && n >= 0 ? n : 0,
         };
     }
 }

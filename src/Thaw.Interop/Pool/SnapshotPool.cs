@@ -373,12 +373,14 @@ public sealed unsafe class SnapshotPool : IDisposable
         ThawEngine engine = _devices.For(device); // an unknown device is refused before anything is opened
         var fillTimings = new List<PeerCopyTimings>();
         long fillBytes = 0;
+        int allocations = 0;
         Entry? entry = null;
         try
         {
             (entry, bool filled) = Obtain(key, ask ?? new PoolAsk(), (snapshot, buffer) =>
             {
-                fillBytes = PeerCopyPlan.Create(key, snapshot, (ulong)buffer, targets, MaxHandlesPerRestore).Bytes; // every target checked first
+                var whole = PeerCopyPlan.Create(key, snapshot, (ulong)buffer, targets, MaxHandlesPerRestore); // every target checked first
+                (fillBytes, allocations) = (whole.Bytes, whole.Allocations);
                 List<PoolTarget>[] byRegion = TargetsByRegion(snapshot, targets);
                 return batch =>
                 {
@@ -398,7 +400,7 @@ public sealed unsafe class SnapshotPool : IDisposable
             {
                 var plan = PeerCopyPlan.Create(key, entry.Snapshot, (ulong)entry.Buffer, targets, MaxHandlesPerRestore);
                 timings = plan.Run(engine, peer);
-                bytes = plan.Bytes;
+                (bytes, allocations) = (plan.Bytes, plan.Allocations);
             }
             lock (_lock)
             {
@@ -408,7 +410,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 entry.LastUsed = DateTime.UtcNow;
             }
             _devices.Served(device, bytes);
-            return new PoolServedRestore(bytes, started.Elapsed.TotalSeconds, engine.Identity, timings) { Filled = filled };
+            return new PoolServedRestore(bytes, started.Elapsed.TotalSeconds, engine.Identity, timings) { Filled = filled, Allocations = allocations };
         }
         finally
         {
