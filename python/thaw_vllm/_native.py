@@ -126,8 +126,8 @@ def _declare(lib):
     lib.thaw_pool_call.argtypes = [c.c_char_p, c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
     lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
-    lib.thaw_snapshot_identity.argtypes = [c.c_char_p, c.POINTER(c.c_uint32), c.POINTER(c.c_int64)]
-    lib.thaw_pool_publish.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_uint32, c.c_int64,
+    lib.thaw_snapshot_identity.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
+    lib.thaw_pool_publish.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p,
                                       c.POINTER(c.c_uint32), c.c_int, c.POINTER(c.c_int64), c.POINTER(c.c_void_p)]
     lib.thaw_pool_republish.argtypes = [c.c_void_p, c.POINTER(TensorArray), c.POINTER(c.c_int64)]
     lib.thaw_pool_withdraw.argtypes = [c.c_void_p]
@@ -255,12 +255,10 @@ def pool_restore(socket, path, request, names, dtypes, shapes, addresses, capaci
     return stats
 
 
-def snapshot_identity(path) -> tuple:
-    """(header CRC32C, file bytes) of a snapshot file now: what a publication of its bytes names."""
+def snapshot_identity(path) -> dict:
+    """{dev, ino, size, mtime_ns, ctime_ns, header_crc32c} of a snapshot file now: what a publication of its bytes names."""
     lib = library()
-    crc, size = ctypes.c_uint32(), ctypes.c_int64()
-    _check(lib, lib.thaw_snapshot_identity(_path(path), ctypes.byref(crc), ctypes.byref(size)))
-    return crc.value, size.value
+    return _json_out(lib, lambda out: lib.thaw_snapshot_identity(_path(path), out))
 
 
 def pool_publish(socket, path, request, identity, allow_uids, names, dtypes, shapes, addresses, capacities):
@@ -271,7 +269,7 @@ def pool_publish(socket, path, request, identity, allow_uids, names, dtypes, sha
     uids = (ctypes.c_uint32 * max(1, len(allow_uids)))(*allow_uids)
     generation, handle = ctypes.c_int64(), ctypes.c_void_p()
     _check(lib, lib.thaw_pool_publish(None if socket is None else _path(socket), _path(path), ctypes.byref(request),
-                                      ctypes.byref(tensors.array), identity[0], identity[1], uids, len(allow_uids),
+                                      ctypes.byref(tensors.array), json.dumps(identity).encode("ascii"), uids, len(allow_uids),
                                       ctypes.byref(generation), ctypes.byref(handle)))
     return handle.value, generation.value
 

@@ -9,7 +9,7 @@ one (blue/green restarts) or on another GPU (docs/POOL.md, "Restoring from a liv
 
 The publication lives as long as its handle's connection to the pool: close() (or the process
 exiting) withdraws it, and the pool never reads that memory again. The identity of the snapshot
-(header CRC32C and size) is taken with identity() BEFORE the bytes are restored into the memory that
+(the file's stat identity and header CRC32C) is taken with identity() BEFORE the bytes are restored into the memory that
 is published: a file replaced in between is then refused by the pool instead of served.
 """
 import contextlib
@@ -23,8 +23,8 @@ log = logging.getLogger("thaw_vllm")
 __all__ = ["Publication", "publish", "identity"]
 
 
-def identity(snapshot) -> tuple:
-    """(header CRC32C, file bytes) of the snapshot file now."""
+def identity(snapshot) -> dict:
+    """{dev, ino, size, mtime_ns, ctime_ns, header_crc32c} of the snapshot file now."""
     return _native.snapshot_identity(snapshot)
 
 

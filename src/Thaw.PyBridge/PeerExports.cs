@@ -9,30 +9,30 @@ namespace Thaw.PyBridge;
 /// handle the caller holds: its connection to the pool stays open until thaw_pool_unpublish.</summary>
 public static unsafe partial class Exports
 {
-    /// <summary>The identity of a snapshot file now (header CRC32C, size): take it before restoring
-    /// the bytes a publication will offer, so that a file replaced meanwhile is never published.</summary>
+    /// <summary>The identity of a snapshot file now, as JSON {dev, ino, size, mtime_ns, ctime_ns,
+    /// header_crc32c} released with thaw_free: take it before restoring the bytes a publication will
+    /// offer, so that a file replaced meanwhile is never published.</summary>
     [UnmanagedCallersOnly(EntryPoint = "thaw_snapshot_identity")]
-    public static int SnapshotIdentity(byte* path, uint* headerCrcOut, long* fileBytesOut) => Guard(() =>
+    public static int SnapshotIdentityOf(byte* path, byte** jsonOut) => Guard(() =>
     {
-        PeerIdentity identity = PeerIdentity.Of(Text(path, "path"));
-        *headerCrcOut = identity.HeaderCrc32C;
-        *fileBytesOut = identity.FileBytes;
+        Thaw.Interop.Pool.SnapshotIdentity identity = Thaw.Interop.Pool.SnapshotIdentity.Of(SnapshotReader.Read(Text(path, "path")));
+        *jsonOut = ToNative(PoolProtocol.Write(w => PoolProtocol.WriteIdentityFields(w, identity)));
         return 0;
     });
 
     /// <summary>Publishes tensors of a snapshot held in caller memory (device pointers, as for
-    /// thaw_pool_restore) under its identity; *handleOut is the publication, to release with
+    /// thaw_pool_restore) under its identity (thaw_snapshot_identity's JSON); *handleOut is the publication, to release with
     /// thaw_pool_unpublish. allowUids (allowCount entries, may be null) are the uids besides the
     /// caller's own that the pool may serve from this memory.</summary>
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_publish")]
-    public static int PoolPublish(byte* socket, byte* path, EngineRequest* request, TensorArray* tensors, uint headerCrc, long fileBytes,
+    public static int PoolPublish(byte* socket, byte* path, EngineRequest* request, TensorArray* tensors, byte* identityJson,
         uint* allowUids, int allowCount, long* generationOut, nint* handleOut) => Guard(() =>
     {
         if (allowCount < 0 || allowCount > PoolPublisher.MaxAllowUids || (allowCount > 0 && allowUids == null))
             throw new ArgumentException($"allow_uids: expected at most {PoolPublisher.MaxAllowUids} uids, not {allowCount}");
         Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
         string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
-        PoolPublisher publisher = PoolPublisher.Publish(socketPath, Engines.Get(*request), snapshot, new PeerIdentity(headerCrc, fileBytes),
+        PoolPublisher publisher = PoolPublisher.Publish(socketPath, Engines.Get(*request), snapshot, PoolProtocol.ParseIdentity(Text(identityJson, "identity")),
             Targets(tensors), new ReadOnlySpan<uint>(allowUids, allowCount).ToArray());
         *generationOut = publisher.Generation;
         *handleOut = GCHandle.ToIntPtr(GCHandle.Alloc(publisher));

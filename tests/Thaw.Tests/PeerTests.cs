@@ -56,17 +56,18 @@ public class PeerTests
     private static List<PoolTarget> Targets(string file, Snapshot s) =>
         s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), 4096 + t.Offset, t.Length)).ToList();
 
-    private static string Publish(Snapshot s, IEnumerable<PoolTarget> targets, long generation = 1, PeerIdentity? identity = null, uint[]? allow = null,
+    private static string Publish(Snapshot s, IEnumerable<PoolTarget> targets, long generation = 1, SnapshotIdentity? identity = null, uint[]? allow = null,
         string? device = null) =>
         PoolProtocol.Write(w =>
         {
             if (device is not null)
                 w.WriteString("device", device);
-            PeerIdentity id = identity ?? PeerIdentity.Of(s.Path);
+            SnapshotIdentity id = identity ?? SnapshotIdentity.Of(SnapshotReader.Read(s.Path));
             w.WriteString("op", "publish");
             w.WriteString("snapshot", s.Path);
-            w.WriteNumber("header_crc32c", id.HeaderCrc32C);
-            w.WriteNumber("file_bytes", id.FileBytes);
+            w.WriteStartObject("identity");
+            PoolProtocol.WriteIdentityFields(w, id);
+            w.WriteEndObject();
             w.WriteNumber("generation", generation);
             if (allow is not null)
             {
@@ -248,23 +249,26 @@ public class PeerTests
         peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(request)), PublishFields.Parse(Encoding.UTF8.GetBytes(request)), publisher, connection: 1);
         string destination = Memory("client", s);
         uint stranger = me == 65534 ? 65533u : 65534u;
-        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, out string? declined), Is.Null);
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, null, out string? declined), Is.Null);
         Assert.That(declined, Does.Contain($"uid {stranger}"));
         Assert.That(File.ReadAllBytes(destination).All(b => b == 0), "nothing was copied for the stranger");
-        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), publisher, null, out declined), Is.Not.Null, declined);
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), publisher, null, null, out declined), Is.Not.Null, declined);
         AssertHolds(destination, s, data);
+        // A client that read another version of the file than the one published is not served from it.
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), publisher, null, SnapshotIdentity.Of(s) with { ModifiedNs = 1 }, out declined), Is.Null);
+        Assert.That(declined, Does.Contain("another version"));
 
         // Allowed explicitly, the stranger is served (its own file: the pool opens only memory a peer owns).
         string allowed = Publish(s, Targets(Memory("publisher", s, data), s), generation: 2, allow: [stranger]);
         peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(allowed)), PublishFields.Parse(Encoding.UTF8.GetBytes(allowed)), publisher, connection: 1);
-        Assert.That(() => peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, out _),
+        Assert.That(() => peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, null, out _),
             Throws.InstanceOf<ThawMismatchException>().With.Message.Contains($"not to the peer (uid {stranger})"),
             "allowed to read, the stranger still writes only into memory it owns");
         if (me != 0)
             return; // giving the stranger a file of its own needs root
         string own = Memory("stranger", s);
         Assert.That(chown(own, stranger, stranger), Is.Zero);
-        Assert.That(peers.TryRestore(s.Path, Targets(own, s), new PoolPeer(stranger, _files.Directory), null, out declined), Is.Not.Null, declined);
+        Assert.That(peers.TryRestore(s.Path, Targets(own, s), new PoolPeer(stranger, _files.Directory), null, null, out declined), Is.Not.Null, declined);
         AssertHolds(own, s, data);
     }
 
@@ -295,8 +299,10 @@ public class PeerTests
             ("an unknown tensor", Publish(s, [first with { Name = "nope" }]), "targets[0].name"),
             ("a tensor twice", Publish(s, [first, first]), "targets[1].name"),
             ("no targets", Publish(s, []), "targets"),
-            ("another snapshot's identity", Publish(s, good, identity: PeerIdentity.Of(other.Path)), "not the one published"),
-            ("a wrong size", Publish(s, good, identity: PeerIdentity.Of(s.Path) with { FileBytes = s.FileLength + 1 }), "not the one published"),
+            ("another snapshot's identity", Publish(s, good, identity: SnapshotIdentity.Of(other)), "not the one published"),
+            ("a wrong size", Publish(s, good, identity: SnapshotIdentity.Of(s) with { Size = s.FileLength + 1 }), "not the one published"),
+            ("a wrong header CRC32C", Publish(s, good, identity: SnapshotIdentity.Of(s) with { HeaderCrc32C = s.HeaderCrc32C ^ 1 }), "header_crc32c"),
+            ("no identity", Publish(s, good).Replace("\"identity\"", "\"identiti\""), "no field 'identity'"),
         };
         using var publisher = new PoolClient(_socket);
         foreach (var (what, request, names) in cases)
@@ -330,34 +336,29 @@ public class PeerTests
         Assert.That(() => client.Send(Restore(now, Memory("client", now))), Throws.InstanceOf<FileNotFoundException>());
     }
 
-    [TestCase("\"header_crc32c\":4294967296", "header_crc32c")]
-    [TestCase("\"header_crc32c\":-1", "header_crc32c")]
-    [TestCase("\"header_crc32c\":1.5", "header_crc32c")]
     [TestCase("\"generation\":\"1\"", "generation")]
+    [TestCase("\"generation\":-1", "generation")]
+    [TestCase("\"generation\":1.5", "generation")]
     [TestCase("\"generation\":9223372036854775808", "generation")]
-    [TestCase("\"allow_uids\":[4294967295]", "allow_uids[0]")]
-    [TestCase("\"allow_uids\":[-1]", "allow_uids[0]")]
-    [TestCase("\"allow_uids\":7", "allow_uids")]
-    [TestCase("\"allow_uids\":[],\"allow_uids\":[]", "allow_uids: given twice")]
-    public void MalformedPublishFieldsAreRefusedByName(string field, string names)
+    [TestCase("\"generation\":1,\"allow_uids\":[4294967295]", "allow_uids[0]")]
+    [TestCase("\"generation\":1,\"allow_uids\":[-1]", "allow_uids[0]")]
+    [TestCase("\"generation\":1,\"allow_uids\":7", "allow_uids")]
+    [TestCase("\"generation\":1,\"allow_uids\":[],\"allow_uids\":[]", "allow_uids: given twice")]
+    [TestCase("\"allow_uids\":[]", "no field 'generation'")]
+    public void MalformedPublishFieldsAreRefusedByName(string fields, string names)
     {
-        string line = $"{{\"op\":\"publish\",\"snapshot\":\"/x\",\"header_crc32c\":1,\"file_bytes\":1,\"generation\":1,{field},\"targets\":[]}}";
-        line = line.Replace("\"header_crc32c\":1,", field.StartsWith("\"header_crc32c\"", StringComparison.Ordinal) ? "" : "\"header_crc32c\":1,")
-                   .Replace("\"generation\":1,", field.StartsWith("\"generation\"", StringComparison.Ordinal) ? "" : "\"generation\":1,");
+        string line = $"{{\"op\":\"publish\",\"snapshot\":\"/x\",{fields},\"targets\":[]}}";
         var e = Assert.Throws<FormatException>(() => PublishFields.Parse(Encoding.UTF8.GetBytes(line)));
         Assert.That(e!.Message, Does.StartWith(names));
     }
 
     [Test]
-    public void APublishWithoutItsIdentityOrWithTooManyUidsIsRefused()
+    public void AtMost64AllowedUidsAndEdgeValuesAccepted()
     {
-        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"file_bytes\":1,\"generation\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("header_crc32c"));
-        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"header_crc32c\":1,\"generation\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("file_bytes"));
-        Assert.That(() => PublishFields.Parse("{\"op\":\"publish\",\"header_crc32c\":1,\"file_bytes\":1}"u8), Throws.InstanceOf<FormatException>().With.Message.Contains("generation"));
         string many = string.Join(",", Enumerable.Range(0, PublishFields.MaxAllowUids + 1));
-        Assert.That(() => PublishFields.Parse(Encoding.UTF8.GetBytes($"{{\"header_crc32c\":1,\"file_bytes\":1,\"generation\":1,\"allow_uids\":[{many}]}}")),
+        Assert.That(() => PublishFields.Parse(Encoding.UTF8.GetBytes($"{{\"generation\":1,\"allow_uids\":[{many}]}}")),
             Throws.InstanceOf<FormatException>().With.Message.Contains("more than the 64"));
-        PublishFields ok = PublishFields.Parse("{\"header_crc32c\":4294967295,\"file_bytes\":9223372036854775807,\"generation\":0,\"allow_uids\":[0,4294967294]}"u8);
-        Assert.That((ok.Identity.HeaderCrc32C, ok.Identity.FileBytes, ok.Generation, ok.AllowUids!.Count), Is.EqualTo((uint.MaxValue, long.MaxValue, 0L, 2)));
+        PublishFields ok = PublishFields.Parse("{\"generation\":9223372036854775807,\"allow_uids\":[0,4294967294]}"u8);
+        Assert.That((ok.Generation, ok.AllowUids!.Count), Is.EqualTo((long.MaxValue, 2)));
     }
 }

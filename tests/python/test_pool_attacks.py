@@ -571,8 +571,7 @@ def test_another_uid_reaches_only_its_own_files(serve):
 
 
 def publish_message(pool, handle, identity, generation=1, edit=None, **fields):
-    message = {"op": "publish", "snapshot": str(pool.snapshot), "header_crc32c": identity[0], "file_bytes": identity[1],
-               "generation": generation, "targets": pool.targets(handle, edit), **fields}
+    message = {"op": "publish", "snapshot": str(pool.snapshot), "identity": identity, "generation": generation, "targets": pool.targets(handle, edit), **fields}
     return message
 
 
@@ -598,25 +597,31 @@ def test_hostile_publications(serve, tmp_path):
     small = pool.shared_file(size=100, name="small")
     path = json.dumps(str(pool.snapshot))
     base = f'"op":"publish","snapshot":{path},"targets":{json.dumps(pool.targets(memory.name))}'
+    good_identity = json.dumps(identity)
     # Fields malformed, missing, repeated, or at and past their edges.
-    for field, value in [("header_crc32c", v) for v in NUMBERS + ["4294967296"]] + \
-                        [("file_bytes", v) for v in NUMBERS] + [("generation", v) for v in NUMBERS] + \
+    for field, value in [("generation", v) for v in NUMBERS] + \
                         [("allow_uids", v) for v in ["7", "null", "{}", "[-1]", "[4294967295]", "[1.5]", "[\"0\"]",
-                                                     "[" + ",".join(map(str, range(65))) + "]", "[[0]]"]]:
-        fields = {"header_crc32c": str(identity[0]), "file_bytes": str(identity[1]), "generation": "1"}
+                                                     "[" + ",".join(map(str, range(65))) + "]", "[[0]]"]] + \
+                        [("identity", v) for v in ["7", "null", "[]", "{}", good_identity.replace('"ino"', '"inode"'),
+                                                   good_identity[:-1] + ',"size":1}',
+                                                   good_identity.replace(f'"header_crc32c": {identity["header_crc32c"]}', '"header_crc32c": 4294967296'),
+                                                   good_identity.replace(f'"size": {identity["size"]}', '"size": -1')]]:
+        fields = {"identity": good_identity, "generation": "1"}
         fields[field] = value
         line = "{" + base + "".join(f',"{k}":{v}' for k, v in fields.items()) + "}"
         answer = pool.send_line(line.encode())
         f.refused(f"{field} = {value[:40]}", answer)
-    for missing in ("header_crc32c", "file_bytes", "generation", "targets", "snapshot"):
+    for missing in ("identity", "generation", "targets", "snapshot"):
         message = publish_message(pool, memory.name, identity)
         del message[missing]
         f.refused(f"no {missing}", pool.call(message))
-    f.refused("generation given twice", pool.send_line(("{" + base + f',"header_crc32c":{identity[0]},"file_bytes":{identity[1]},'
+    f.refused("generation given twice", pool.send_line(("{" + base + f',"identity":{good_identity},'
                                                         '"generation":1,"generation":2}').encode()))
     # Identities of another file, and memory that does not hold the snapshot.
-    f.refused("another header CRC32C", pool.call(publish_message(pool, memory.name, ((identity[0] + 1) % 2**32, identity[1]))))
-    f.refused("another size", pool.call(publish_message(pool, memory.name, (identity[0], identity[1] + 4096))))
+    f.refused("another header CRC32C", pool.call(publish_message(pool, memory.name, dict(identity, header_crc32c=(identity["header_crc32c"] + 1) % 2**32))))
+    f.refused("another size", pool.call(publish_message(pool, memory.name, dict(identity, size=identity["size"] + 4096))))
+    f.refused("another inode", pool.call(publish_message(pool, memory.name, dict(identity, ino=identity["ino"] + 1))))
+    f.refused("another mtime", pool.call(publish_message(pool, memory.name, dict(identity, mtime_ns=identity["mtime_ns"] - 1))))
     for handle in [str(victim), f"../{tmp_path.name}/victim", "link", "missing", "..", "/dev/zero", "/proc/self/mem", "small"]:
         f.refused(f"publisher handle {handle!r}", pool.call(publish_message(pool, handle, identity)))
     for what, edit in [("offset past the end", lambda t, x: t.update(offset=pool.size)),

@@ -29,14 +29,14 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
 
     private sealed record PublishedTensor(ulong Address, long Length);
 
-    private sealed class Publication(long connection, PoolPeer publisher, ThawEngine engine, string key, PeerIdentity identity, long generation, IReadOnlySet<uint> readers)
+    private sealed class Publication(long connection, PoolPeer publisher, ThawEngine engine, string key, SnapshotIdentity identity, long generation, IReadOnlySet<uint> readers)
     {
         /// <summary>The engine of the publisher's device: it opened the publisher's allocations, and closes them.</summary>
         public ThawEngine Engine { get; } = engine;
         public long Connection { get; } = connection;
         public PoolPeer Publisher { get; } = publisher;
         public string Key { get; } = key;
-        public PeerIdentity Identity { get; } = identity;
+        public SnapshotIdentity Identity { get; } = identity;
         public long Generation { get; } = generation;
         public IReadOnlySet<uint> Readers { get; } = readers;
         public Dictionary<string, PublishedTensor> Tensors { get; } = new(StringComparer.Ordinal);
@@ -82,9 +82,12 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         IReadOnlyList<PoolTarget> targets = request.RestoreTargets();
         if (targets.Count == 0)
             throw new FormatException("targets: a publication offers at least one tensor");
-        PeerIdentity now = PeerIdentity.Of(key, out Snapshot snapshot);
-        if (now != fields.Identity)
-            throw new ThawMismatchException($"{key}: the file is not the one published ({fields.Identity.Difference(now)})");
+        SnapshotIdentity claimed = request.FileIdentity
+            ?? throw new FormatException("no field 'identity' (publish names the snapshot's identity as the publisher restored it)");
+        Snapshot snapshot = SnapshotReader.Read(key);
+        SnapshotIdentity now = SnapshotIdentity.Of(snapshot);
+        if (now != claimed)
+            throw new ThawMismatchException($"{key}: the file is not the one published ({claimed.Difference(now)})");
         var readers = new HashSet<uint>(fields.AllowUids ?? Enumerable.Empty<uint>()) { publisher.Uid };
         ThawEngine engine = devices.For(request.Device); // an unknown device is refused before anything is opened
         var publication = new Publication(connection, publisher, engine, key, now, fields.Generation, readers);
@@ -205,7 +208,9 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
     /// <exception cref="ThawMismatchException">A client target does not fit its tensor or its allocation.</exception>
     /// <param name="device">The identity of the device the client's memory is on (null: the pool's default);
     /// the copy runs on that device's engine, a peer copy when the publication lies on another device.</param>
-    public RestoreResult? TryRestore(string path, IReadOnlyList<PoolTarget> targets, PoolPeer client, string? device, out string? declined)
+    /// <param name="asked">The identity of the snapshot as the client read it, when it sent one: served only if it is the published one.</param>
+    public RestoreResult? TryRestore(string path, IReadOnlyList<PoolTarget> targets, PoolPeer client, string? device, SnapshotIdentity? asked,
+        out string? declined)
     {
         string key = Path.GetFullPath(path);
         ThawEngine engine = devices.For(device);
@@ -227,10 +232,24 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         var opened = new Dictionary<string, (ulong Address, long Length)>(StringComparer.Ordinal);
         try
         {
-            PeerIdentity now = PeerIdentity.Of(key);
-            if (now != source.Identity)
+            SnapshotIdentity now;
+            try
+            {
+                now = SnapshotIdentity.Of(key, source.Identity.HeaderCrc32C); // the same file unchanged has the same header
+            }
+            catch (Exception e) when (e is IOException or ThawException)
+            {
+                declined = $"{key} cannot be examined: {e.Message}";
+                return null;
+            }
+            if (!now.SameFile(source.Identity))
             {
                 declined = $"{key} changed on disk since it was published ({source.Identity.Difference(now)})";
+                return null;
+            }
+            if (asked is not null && asked != source.Identity)
+            {
+                declined = $"the client read another version of {key} than the one published ({source.Identity.Difference(asked)})";
                 return null;
             }
             var copies = new List<DeviceCopy>(targets.Count);
@@ -271,11 +290,6 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
                 source.Served++;
             }
             return new RestoreResult(bytes, 0, started.Elapsed.TotalSeconds, IoMode.Buffered, 0);
-        }
-        catch (Exception e) when (e is IOException or ThawFormatException)
-        {
-            declined = $"{key} cannot be read to check its identity: {e.Message}";
-            return null;
         }
         finally
         {

@@ -69,16 +69,38 @@ public static class PoolProtocol
         if (identity is not null)
         {
             w.WriteStartObject("identity");
-            w.WriteNumber("dev", identity.Device);
-            w.WriteNumber("ino", identity.Inode);
-            w.WriteNumber("size", identity.Size);
-            w.WriteNumber("mtime_ns", identity.ModifiedNs);
-            w.WriteNumber("ctime_ns", identity.ChangedNs);
-            w.WriteNumber("header_crc32c", identity.HeaderCrc32C);
+            WriteIdentityFields(w, identity);
             w.WriteEndObject();
         }
         WriteTargets(w, targets);
     });
+
+    /// <summary>An <c>identity</c> object alone (what WriteIdentityFields writes), checked as in a request.</summary>
+    /// <exception cref="FormatException">Not such an object; the message names the field.</exception>
+    public static SnapshotIdentity ParseIdentity(string json)
+    {
+        var reader = new Utf8JsonReader(Encoding.UTF8.GetBytes(json), new JsonReaderOptions { MaxDepth = PoolRequest.MaxDepth });
+        try
+        {
+            PoolRequest.Next(ref reader);
+            return PoolRequest.ReadIdentity(ref reader);
+        }
+        catch (JsonException)
+        {
+            throw new FormatException("identity: not valid JSON");
+        }
+    }
+
+    /// <summary>The fields of an <c>identity</c> object (a restore's or a publish's).</summary>
+    public static void WriteIdentityFields(Utf8JsonWriter w, SnapshotIdentity identity)
+    {
+        w.WriteNumber("dev", identity.Device);
+        w.WriteNumber("ino", identity.Inode);
+        w.WriteNumber("size", identity.Size);
+        w.WriteNumber("mtime_ns", identity.ModifiedNs);
+        w.WriteNumber("ctime_ns", identity.ChangedNs);
+        w.WriteNumber("header_crc32c", identity.HeaderCrc32C);
+    }
 
     /// <summary>The <c>targets</c> array of a restore or publish request.</summary>
     internal static void WriteTargets(Utf8JsonWriter w, IEnumerable<PoolTarget> targets)

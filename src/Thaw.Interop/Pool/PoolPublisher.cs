@@ -14,10 +14,10 @@ public sealed class PoolPublisher : IDisposable
     private readonly PoolClient _client;
     private readonly ThawEngine _engine;
     private readonly Snapshot _snapshot;
-    private readonly PeerIdentity _identity;
+    private readonly SnapshotIdentity _identity;
     private readonly IReadOnlyList<uint> _allowUids;
 
-    private PoolPublisher(PoolClient client, ThawEngine engine, Snapshot snapshot, PeerIdentity identity, IReadOnlyList<uint> allowUids)
+    private PoolPublisher(PoolClient client, ThawEngine engine, Snapshot snapshot, SnapshotIdentity identity, IReadOnlyList<uint> allowUids)
     {
         _client = client;
         _engine = engine;
@@ -45,7 +45,7 @@ public sealed class PoolPublisher : IDisposable
     /// <exception cref="PoolUnavailableException">No pool listens there, or a tensor has no IPC handle.</exception>
     /// <exception cref="ThawMismatchException">A target does not fit the snapshot, or the pool refused it.</exception>
     /// <exception cref="ThawException">The pool refused the publication for another reason.</exception>
-    public static PoolPublisher Publish(string socketPath, ThawEngine engine, Snapshot snapshot, PeerIdentity identity,
+    public static PoolPublisher Publish(string socketPath, ThawEngine engine, Snapshot snapshot, SnapshotIdentity identity,
         IReadOnlyList<RestoreTarget> targets, IEnumerable<uint>? allowUids = null)
     {
         PoolClient client = PoolClient.Connect(socketPath);
@@ -80,8 +80,9 @@ public sealed class PoolPublisher : IDisposable
         {
             w.WriteString("op", "publish");
             w.WriteString("snapshot", _snapshot.Path);
-            w.WriteNumber("header_crc32c", _identity.HeaderCrc32C);
-            w.WriteNumber("file_bytes", _identity.FileBytes);
+            w.WriteStartObject("identity");
+            PoolProtocol.WriteIdentityFields(w, _identity);
+            w.WriteEndObject();
             w.WriteNumber("generation", generation);
             w.WriteString("device", _engine.Identity);
             w.WriteStartArray("allow_uids");

@@ -149,7 +149,7 @@ internal sealed record PoolRequest(string Op, string? Snapshot, IReadOnlyList<Po
     }
 
     /// <summary>{dev, ino, size, mtime_ns, ctime_ns, header_crc32c}: all of them, each once.</summary>
-    private static SnapshotIdentity ReadIdentity(ref Utf8JsonReader reader)
+    internal static SnapshotIdentity ReadIdentity(ref Utf8JsonReader reader)
     {
         const string fields = "{dev, ino, size, mtime_ns, ctime_ns, header_crc32c}";
         if (reader.TokenType != JsonTokenType.StartObject)

@@ -56,7 +56,7 @@ public sealed partial class PoolServer
             }
             case "restore":
             {
-                var served = _peers.TryRestore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device, out string? declined);
+                var served = _peers.TryRestore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device, request.FileIdentity, out string? declined);
                 if (served is null)
                 {
                     if (declined is not null)

@@ -3,10 +3,10 @@ using System.Text.Json;
 namespace Thaw.Interop.Pool;
 
 /// <summary>The fields only a <c>publish</c> request has (docs/POOL.md, "Restoring from a live
-/// peer"), read in a second pass over its line: the snapshot's identity as the publisher restored
-/// it, the generation of its memory, and the uids it lets read that memory. The common fields
-/// (op, snapshot, targets) are <see cref="PoolRequest"/>'s. Every field is bounded and a refusal names it.</summary>
-internal sealed record PublishFields(PeerIdentity Identity, long Generation, IReadOnlySet<uint>? AllowUids)
+/// peer"), read in a second pass over its line: the generation of its memory, and the uids it lets
+/// read that memory. The common fields (op, snapshot, targets, device, the snapshot's identity) are
+/// <see cref="PoolRequest"/>'s. Every field is bounded and a refusal names it.</summary>
+internal sealed record PublishFields(long Generation, IReadOnlySet<uint>? AllowUids)
 {
     /// <summary>Most uids one publication may name.</summary>
     public const int MaxAllowUids = 64;
@@ -18,27 +18,17 @@ internal sealed record PublishFields(PeerIdentity Identity, long Generation, IRe
     public static PublishFields Parse(ReadOnlySpan<byte> line)
     {
         var reader = new Utf8JsonReader(line, new JsonReaderOptions { MaxDepth = PoolRequest.MaxDepth });
-        long? crc = null, fileBytes = null, generation = null;
+        long? generation = null;
         HashSet<uint>? allow = null;
         try
         {
             PoolRequest.Next(ref reader); // the request's opening brace: PoolRequest.Parse checked its shape
             while (PoolRequest.Next(ref reader) == JsonTokenType.PropertyName)
             {
-                string field = reader.ValueTextEquals("header_crc32c") ? "header_crc32c" : reader.ValueTextEquals("file_bytes") ? "file_bytes"
-                    : reader.ValueTextEquals("generation") ? "generation" : reader.ValueTextEquals("allow_uids") ? "allow_uids" : "";
+                string field = reader.ValueTextEquals("generation") ? "generation" : reader.ValueTextEquals("allow_uids") ? "allow_uids" : "";
                 PoolRequest.Next(ref reader);
                 switch (field)
                 {
-                    case "header_crc32c":
-                        long value = PoolRequest.Integer(ref reader, field);
-                        if (value > uint.MaxValue)
-                            throw new FormatException($"header_crc32c: expected an integer from 0 to {uint.MaxValue}, not {value}");
-                        crc = PoolRequest.Once(crc, value, field);
-                        break;
-                    case "file_bytes":
-                        fileBytes = PoolRequest.Once(fileBytes, PoolRequest.Integer(ref reader, field), field);
-                        break;
                     case "generation":
                         generation = PoolRequest.Once(generation, PoolRequest.Integer(ref reader, field), field);
                         break;
@@ -55,11 +45,7 @@ internal sealed record PublishFields(PeerIdentity Identity, long Generation, IRe
         {
             throw new FormatException($"the request is not valid JSON (near byte {reader.BytesConsumed})");
         }
-        return new PublishFields(
-            new PeerIdentity((uint)(crc ?? throw new FormatException("no field 'header_crc32c' (publish needs the snapshot's identity)")),
-                fileBytes ?? throw new FormatException("no field 'file_bytes' (publish needs the snapshot's identity)")),
-            generation ?? throw new FormatException("no field 'generation'"),
-            allow);
+        return new PublishFields(generation ?? throw new FormatException("no field 'generation'"), allow);
     }
 
     private static HashSet<uint> ReadUids(ref Utf8JsonReader reader)
