@@ -5,8 +5,8 @@ preallocated tensors (cold) and a second fresh process does it again (warm). Eac
 restore's GB/s, what served the bytes (`via`), its time from interpreter start to exit, and the
 pinned host-to-device ceiling of the same run; JSON and a log go to --out.
 
-    python3 bench/warm_restart_bench.py --gb 16 --out $OUT                  # the GPU machine (root)
-    python3 bench/warm_restart_bench.py --device mock --gb 0.05 --out /tmp/wr   # anywhere (tests/python/test_warm_restart_bench.py)
+    python3 bench/warm_restart_bench.py --gb 16 --repeat 3 --out $OUT       # the GPU machine (root)
+    python3 bench/warm_restart_bench.py --device mock --gb 0.05 --evict fadvise --out /tmp/wr   # anywhere (tests/python/test_warm_restart_bench.py)
 
 The page cache is emptied of the snapshot with os.sync() then posix_fadvise(DONTNEED) over the
 file, and as root also /proc/sys/vm/drop_caches; the JSON says which worked and how much of the
@@ -161,10 +161,11 @@ def pinned_ceiling(device: str):
     return (max(figures) if figures else None), out.stdout + out.stderr
 
 
-def run_policy(policy: str, snapshot: Path, args, work: Path, out: Path) -> dict:
+def one_round(policy: str, snapshot: Path, args, work: Path, out: Path) -> dict:
+    """Evict, then a cold and a warm fresh process (the pool: a fresh, empty pool for the round)."""
     cfg = {"python": str(ROOT / "python"), "device": args.device, "snapshot": str(snapshot), "policy": policy,
            "socket": str(work / "pool.sock"), "shm_file": str(work / "shm" / f"device-{policy}")}
-    record = {"policy": policy}
+    record = {}
 
     def cold_then_warm():
         record.update(evict(snapshot, args.evict))
@@ -190,6 +191,23 @@ def run_policy(policy: str, snapshot: Path, args, work: Path, out: Path) -> dict
     return record
 
 
+def summarize(policy: str, rounds: list) -> dict:
+    """Per phase, the round of median GB/s (with every round's GB/s and process time beside it)."""
+    record = {"policy": policy, "rounds": rounds}
+    for key in ("eviction", "resident_after_eviction", "resident_after_cold", "pool_status"):
+        if key in rounds[-1]:
+            record[key] = rounds[-1][key]
+    for phase in ("cold", "warm"):
+        ok = sorted((r[phase] for r in rounds if "error" not in r[phase]), key=lambda x: x["gbps"])
+        if not ok:
+            record[phase] = rounds[0][phase]
+            continue
+        record[phase] = dict(ok[len(ok) // 2], gbps_runs=[x["gbps"] for x in ok],
+                             process_wall_s_runs=[x["process_wall_s"] for x in ok],
+                             errors=len(rounds) - len(ok))
+    return record
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "mock"), default="cuda")
@@ -199,6 +217,7 @@ def main(argv=None):
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}")
     ap.add_argument("--evict", choices=("all", "fadvise"), default="all",
                     help="all: drop_caches (as root) and fadvise DONTNEED; fadvise: only the snapshot's pages (tests)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (each policy once a round, interleaved); medians reported")
     ap.add_argument("--out", default=".")
     args = ap.parse_args(argv)
     policies = [p for p in args.policies.split(",") if p]
@@ -214,19 +233,27 @@ def main(argv=None):
     log(out, f"snapshot {snapshot} ({snapshot.stat().st_size / 1e9:.3f} GB), device {args.device}, "
              f"pinned H2D ceiling {ceiling if ceiling is None else f'{ceiling:.1f} GB/s'}, "
              f"THAWCORE_AUTO_IO={os.environ.get('THAWCORE_AUTO_IO', '(default)')}")
-    results = [run_policy(p, snapshot, args, work, out) for p in policies]
+    if not 1 <= args.repeat <= 100:
+        ap.error("--repeat must be from 1 to 100")
+    rounds = {p: [] for p in policies}
+    for r in range(args.repeat):
+        log(out, f"round {r + 1} of {args.repeat}")
+        for p in policies:
+            rounds[p].append(one_round(p, snapshot, args, work, out))
+    results = [summarize(p, rounds[p]) for p in policies]
     report = {"snapshot": str(snapshot), "bytes": snapshot.stat().st_size, "device": args.device,
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "auto_rule": os.environ.get("THAWCORE_AUTO_IO", "default"),
               "pinned_ceiling_gbps": ceiling, "pinned_ceiling_log": ceiling_log, "policies": results}
     (out / "warm_restart.json").write_text(json.dumps(report, indent=2))
-    lines = ["| policy | cold GB/s (via) | warm GB/s (via) | cold / warm fresh process s |", "|---|---|---|---|"]
+    lines = [f"| policy | cold GB/s (via) | warm GB/s (via) | cold / warm fresh process s | medians of {args.repeat} |",
+             "|---|---|---|---|---|"]
     for r in results:
         c, w = r["cold"], r["warm"]
         cell = lambda x: "error" if "error" in x else f"{x['gbps']:.2f} ({x['via']})"  # noqa: E731
-        lines.append(f"| {r['policy']} | {cell(c)} | {cell(w)} | {c['process_wall_s']:.3f} / {w['process_wall_s']:.3f} |")
+        lines.append(f"| {r['policy']} | {cell(c)} | {cell(w)} | {c['process_wall_s']:.3f} / {w['process_wall_s']:.3f} | |")
     log(out, "\n".join(lines))
-    return 0 if all("error" not in r[p] for r in results for p in ("cold", "warm")) else 1
+    return 0 if all("error" not in x[p] for r in results for x in r["rounds"] for p in ("cold", "warm")) else 1
 
 
 if __name__ == "__main__":

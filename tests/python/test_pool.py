@@ -2,6 +2,7 @@
 handles are shared-memory files; and the fallback when no pool serves."""
 import json
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -127,14 +128,35 @@ def test_pool_fill_false_restores_from_the_file_and_leaves_the_pool_empty(tmp_pa
     assert any("does not hold" in r.message and "restoring from the file" in r.message for r in caplog.records)
 
 
-def test_a_snapshot_replaced_on_disk_while_held_is_never_served_stale(tmp_path, server):
+def _rename_over(path, replacement):
+    replacement.rename(path)
+
+
+def _rewrite_in_place_with_mtime_set_back(path, replacement):
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.write(replacement.read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_ino == before.st_ino
+
+
+def _truncate_and_regrow(path, replacement):
+    with open(path, "r+b") as f:
+        f.truncate(4096)
+    with open(path, "r+b") as f:
+        f.write(replacement.read_bytes())
+
+
+@pytest.mark.parametrize("change", [_rename_over, _rewrite_in_place_with_mtime_set_back, _truncate_and_regrow])
+def test_a_snapshot_replaced_on_disk_while_held_is_never_served_stale(tmp_path, server, change):
     snapshot = tmp_path / "m.thaw"
     thaw_vllm.freeze({"w": torch.randn(4096)}, snapshot)
     target = shared_views(tmp_path, thaw_vllm.info(snapshot))
     assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool fill"
     newer = {"w": torch.randn(4096)}
-    thaw_vllm.freeze(newer, tmp_path / "next.thaw")  # same size, other bytes, then renamed over it
-    (tmp_path / "next.thaw").rename(snapshot)
+    thaw_vllm.freeze(newer, tmp_path / "next.thaw")  # same size, other bytes
+    assert (tmp_path / "next.thaw").stat().st_size == snapshot.stat().st_size
+    change(snapshot, tmp_path / "next.thaw")
     assert thaw_vllm.restore_into(target, snapshot, pool=server)["via"] == "pool fill"
     assert torch.equal(target["w"], newer["w"])
     [held] = pool.status(server)["snapshots"]

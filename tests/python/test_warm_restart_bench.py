@@ -23,7 +23,7 @@ def test_warm_restart_bench_in_mock_mode(tmp_path):
     by_policy = {r["policy"]: r for r in report["policies"]}
     assert sorted(by_policy) == ["auto", "buffered", "direct", "pool"]
     for r in by_policy.values():
-        assert "fadvise_dontneed" in r["eviction"]
+        assert "fadvise_dontneed" in r["eviction"] and len(r["rounds"]) == 1 and len(r["cold"]["gbps_runs"]) == 1
         for phase in ("cold", "warm"):
             assert r[phase]["bytes"] > 0 and r[phase]["gbps"] > 0 and r[phase]["process_wall_s"] > r[phase]["restore_wall_s"] > 0
     assert (by_policy["pool"]["cold"]["via"], by_policy["pool"]["warm"]["via"]) == ("pool fill", "pool hit")
