@@ -21,12 +21,14 @@ def test_warm_restart_bench_in_mock_mode(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "warm_restart.json").read_text())
     by_policy = {r["policy"]: r for r in report["policies"]}
-    assert sorted(by_policy) == ["auto", "buffered", "direct", "pool"]
+    assert sorted(by_policy) == ["auto", "buffered", "direct", "pool", "pool-cached"]
     for r in by_policy.values():
-        assert "fadvise_dontneed" in r["eviction"] and len(r["rounds"]) == 1 and len(r["cold"]["gbps_runs"]) == 1
+        assert ("fadvise_dontneed" in r["eviction"]) == (r["policy"] != "pool-cached") and len(r["rounds"]) == 1 and len(r["cold"]["gbps_runs"]) == 1
         for phase in ("cold", "warm"):
             assert r[phase]["bytes"] > 0 and r[phase]["gbps"] > 0 and r[phase]["process_wall_s"] > r[phase]["restore_wall_s"] > 0
-    assert (by_policy["pool"]["cold"]["via"], by_policy["pool"]["warm"]["via"]) == ("pool fill", "pool hit")
+    for name in ("pool", "pool-cached"):
+        assert (by_policy[name]["cold"]["via"], by_policy[name]["warm"]["via"]) == ("pool fill", "pool hit")
+    assert by_policy["pool-cached"]["resident_after_eviction"] >= 0.9
     [held] = by_policy["pool"]["pool_status"]
     assert (held["fills"], held["hits"]) == (1, 1)
     assert by_policy["buffered"]["warm"]["via"] == "page cache" and by_policy["buffered"]["resident_after_cold"] >= 0.9
