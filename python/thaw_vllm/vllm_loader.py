@@ -176,9 +176,11 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
     publish: then offer the weights to the pool for the next instance (vllm_peer.py)."""
     ranks = parallel_ranks(vllm_config)
     path = rank_file(snapshot, ranks)
-    if publish:
-        from . import vllm_peer
+    from . import vllm_peer
+    publishing = publish or vllm_peer.has_publication(model)
+    if publishing:  # an in-place restore rewrites published memory: withdrawn first, published again after
         identity = vllm_peer.identity_before_restore(path)
+        vllm_peer.before_restore(model)
     started = time.perf_counter()
     tensors = vllm_capture.model_tensors(model)
     checks = dict(strict=True, metadata=fingerprint(vllm_config, model_config, ranks, model, device),
@@ -197,8 +199,8 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
     seconds = time.perf_counter() - started
     log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"],
              path, served, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
-    if publish:
-        vllm_peer.publish_model(model, tensors, path, identity, options.get("pool"), ranks.describe())
+    if publishing:
+        vllm_peer.after_restore(model, tensors, path, identity, options.get("pool"), ranks.describe(), publish)
     return stats
 
 

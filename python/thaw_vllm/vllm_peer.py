@@ -19,6 +19,37 @@ def identity_before_restore(path):
     return peer.identity(path)
 
 
+def has_publication(model) -> bool:
+    return any(ref() is model for ref, _ in _published)
+
+
+def before_restore(model) -> None:
+    """Before a restore rewrites the model's memory in place (thaw_restore, a wake from level 2):
+    its publications are withdrawn, so no copy from that memory is kept while it changes."""
+    for ref, publication in _published:
+        if ref() is model and publication.published:
+            _withdraw(publication)
+
+
+def after_restore(model, tensors, path, identity, pool, rank, publish) -> None:
+    """After it: the model's old publications end (the memory may hold another file now) and, if it
+    was published or publish is asked, it is published again under this restore's identity."""
+    was_published = has_publication(model)
+    for ref, publication in [(r, p) for r, p in _published if r() is model]:
+        publication.close()
+        _published.remove((ref, publication))
+    if publish or was_published:
+        publish_model(model, tensors, path, identity, pool, rank)
+
+
+def _withdraw(publication) -> None:
+    try:
+        publication.withdraw()
+    except Exception as e:
+        log.warning("thaw: withdrawing the publication of %s failed (%s); closing it", publication.snapshot, e)
+        publication.close()
+
+
 def publish_model(model, tensors, path, identity, pool, rank) -> None:
     try:
         publication = peer.publish(tensors, path, pool=pool, snapshot_identity=identity)
@@ -34,11 +65,7 @@ def withdraw_all() -> None:
     """Before the weights' memory changes (sleep): no copy from it is kept from now on."""
     for _, publication in _published:
         if publication.published:
-            try:
-                publication.withdraw()
-            except Exception as e:
-                log.warning("thaw: withdrawing the publication of %s failed (%s); closing it", publication.snapshot, e)
-                publication.close()
+            _withdraw(publication)
 
 
 def republish_all() -> None:
@@ -49,6 +76,8 @@ def republish_all() -> None:
             publication.close()
             _published.remove((model_ref, publication))
             continue
+        if publication.published:
+            continue  # published again already, by the restore that refilled it
         try:
             from .vllm_capture import model_tensors
             publication.bump(model_tensors(model))

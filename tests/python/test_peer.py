@@ -176,3 +176,35 @@ def test_the_vllm_publication_is_withdrawn_for_sleep_and_published_again_after(t
         for _, publication in vllm_peer._published:
             publication.close()
         vllm_peer._published.clear()
+
+
+def test_an_in_place_restore_of_another_file_ends_the_old_publication(tmp_path, server, model):
+    from thaw_vllm import vllm_peer
+    state, snapshot = model
+    other_state = {n: t + 1 if t.is_floating_point() else t * 2 for n, t in state.items()}
+    other = tmp_path / "other.thaw"
+    thaw_vllm.freeze(other_state, other)
+    views = shared_views(tmp_path, thaw_vllm.info(snapshot), name="inplace-memory")
+    module = torch.nn.Module()
+    identity = vllm_peer.identity_before_restore(snapshot)
+    thaw_vllm.restore_into(views, snapshot)
+    vllm_peer.publish_model(module, views, snapshot, identity, server, "0")
+    try:
+        # What vllm_loader.restore_snapshot does around thaw_restore(other): withdraw, restore, publish again.
+        identity = vllm_peer.identity_before_restore(other)
+        vllm_peer.before_restore(module)
+        assert pool.status(server)["publications"] == []
+        thaw_vllm.restore_into(views, other)
+        vllm_peer.after_restore(module, views, other, identity, server, "0", publish=False)
+        [published] = pool.status(server)["publications"]
+        assert published["snapshot"] == str(other)
+        target, stats = restore(tmp_path, snapshot, server)
+        assert stats["via"] != "peer", "the memory holds the other file now"
+        assert_exact(target, state)
+        target, stats = restore(tmp_path, other, server)
+        assert stats["via"] == "peer"
+        assert_exact(target, other_state)
+    finally:
+        for _, publication in vllm_peer._published:
+            publication.close()
+        vllm_peer._published.clear()
