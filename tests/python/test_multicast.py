@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import thaw_vllm
+from thaw_vllm import manifest as manifests
 from thaw_vllm import multicast
 from thaw_vllm.errors import ThawChecksumError, ThawMismatchError
 
@@ -201,9 +202,9 @@ def test_checksums_are_the_snapshots_and_catch_a_changed_byte(snapshot):
     state = thaw_vllm.load_state_dict(path)
     header = thaw_vllm.info(path)
     for t in header["tensors"]:
-        assert multicast.tensor_crc32c(state[t["name"]]) == t["crc32c"], t["name"]
-    manifest = multicast._snapshot_manifest(path, state, strict=True)
-    targets, _ = multicast._check_against(manifest, state, True, "test")
+        assert manifests.tensor_crc32c(state[t["name"]]) == t["crc32c"], t["name"]
+    manifest = manifests.of_snapshot(path, state, strict=True)
+    targets, _ = manifests.check_against(manifest, state, True, "test")
     multicast._verify(manifest, targets, "test", 0)
     state["layers.0.w"].reshape(-1).view(torch.uint8)[12345] ^= 1
     with pytest.raises(ThawChecksumError, match="'layers.0.w' received from rank 0"):
@@ -213,7 +214,7 @@ def test_checksums_are_the_snapshots_and_catch_a_changed_byte(snapshot):
 def test_a_destination_of_another_shape_is_named(snapshot):
     path, _ = snapshot
     state = thaw_vllm.load_state_dict(path)
-    manifest = multicast._snapshot_manifest(path, state, strict=True)
+    manifest = manifests.of_snapshot(path, state, strict=True)
     state["layers.0.w"] = torch.zeros(701, 300, dtype=torch.bfloat16)
     with pytest.raises(ThawMismatchError, match=r"'layers.0.w' is BF16 \[300, 701\] at the source"):
-        multicast._check_against(manifest, state, True, "test")
+        manifests.check_against(manifest, state, True, "test")
