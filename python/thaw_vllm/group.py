@@ -9,8 +9,10 @@ import math
 import time
 from datetime import timedelta
 
+import torch
+
 from . import torch_io
-from .errors import ThawError
+from .errors import ThawError, ThawMismatchError
 
 log = logging.getLogger("thaw_vllm")
 
@@ -199,7 +201,19 @@ def restore_alone(tensors, path, rank, noun, why, strict, pool, verify, engine_o
     return stats["source"], stats["bytes"]
 
 
-# ---- the links ----------------------------------------------------------------------------
+# ---- the links ---------------------------------------------------------------------------
+
+def device_and_backend(group: GroupSettings, targets):
+    """The one device a member restores into (host memory when no tensor is on CUDA) and the
+    backend its bytes travel by: NCCL between GPUs, gloo between hosts."""
+    devices = {t.device for t in targets}
+    cuda = {(d.type, d.index) for d in devices if d.type == "cuda"}
+    if len(cuda) > 1:
+        raise ThawMismatchError(f"{group.KIND} restores into one device, not {sorted(map(str, devices))}")
+    device = next((d for d in devices if d.type == "cuda"), torch.device("cpu"))
+    kind = group.backend if group.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    return device, kind
+
 
 def open_backend(kind, store, rank, size, timeout_s):
     """A gloo or NCCL group of the members over the store, as vLLM builds its stateless

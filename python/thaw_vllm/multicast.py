@@ -22,7 +22,7 @@ from . import manifest as manifests
 from . import torch_io
 from .errors import ThawChecksumError, ThawMismatchError
 from .group import (CONFIG_FIELDS as GROUP_CONFIG_FIELDS, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, WINDOW, GroupError,
-                    GroupSettings, Link, Meeting, PeerFailure, backend_text, open_backend, restore_alone, settings_from_config, shut, summary, tcp_store)
+                    GroupSettings, Link, Meeting, PeerFailure, backend_text, device_and_backend, open_backend, restore_alone, settings_from_config, shut, summary, tcp_store)
 
 log = logging.getLogger("thaw_vllm")
 
@@ -198,14 +198,6 @@ def _transfer(link, plan, bounce, names, parent, children, progress):
 
 # ---- the whole operation ----------------------------------------------------------------
 
-def _device_of(targets):
-    devices = {t.device for t in targets}
-    cuda = [d for d in devices if d.type == "cuda"]
-    if len({(d.type, d.index) for d in cuda}) > 1:
-        raise ThawMismatchError(f"multicast restores into one device, not {sorted(map(str, devices))}")
-    return cuda[0] if cuda else torch.device("cpu")
-
-
 def _summary(group, meeting, topology, statuses, own):
     title = f"thaw multicast {group.name!r} (round {meeting.round}, {topology} of {group.size} from rank {group.source})"
     return summary(title, "rank", group.size, group.rank, statuses, own)
@@ -344,8 +336,7 @@ def _join(group, meeting, manifest, tensors, path, strict, label):
 
 def _run(group, meeting, manifest, targets, topology, progress):
     parent, children = links(group.rank, group.size, group.source, topology, manifest["fanout"])
-    device = _device_of(targets)
-    kind = group.backend if group.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    device, kind = device_and_backend(group, targets)
     plan, bounce = _pieces(targets, manifest["chunk_bytes"], kind, device)
     names = [e[0] for e in manifest["tensors"]]
     import torch.distributed as dist
