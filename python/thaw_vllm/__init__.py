@@ -31,6 +31,15 @@ def __getattr__(name):
     if name == "publish":
         from .peer import publish
         return publish
+    if name in ("multicast_restore", "MulticastGroup", "MulticastError"):
+        from . import multicast
+        return getattr(multicast, name)
+    if name in ("gang_restore", "GangGroup", "GangError"):
+        from . import gang
+        return getattr(gang, name)
+    if name == "tcp_store":
+        from .group import tcp_store
+        return tcp_store
     if name in ("load", "freeze_vllm", "restore_vllm"):
         from . import vllm_api
         return getattr(vllm_api, name)
@@ -40,6 +49,7 @@ def __getattr__(name):
 __all__ = ["convert", "verify", "info", "load_state_dict", "restore_into", "freeze",
            "load_safetensors", "iter_checkpoint", "module_tensors", "load", "freeze_vllm", "restore_vllm", "from_pretrained",
            "freeze_compiled", "restore_compiled", "freeze_artifacts", "restore_artifacts",
-           "freeze_kv", "restore_kv", "kv_info", "publish",
+           "freeze_kv", "restore_kv", "kv_info", "publish", "multicast_restore", "MulticastGroup", "MulticastError",
+           "gang_restore", "GangGroup", "GangError", "tcp_store",
            "ThawError", "ThawPoolUnavailable", "ThawFormatError", "ThawChecksumError", "ThawMismatchError",
            "ThawDeviceError", "ThawOutOfMemoryError", "ThawCanceledError"]

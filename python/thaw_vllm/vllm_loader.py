@@ -58,6 +58,11 @@ def _multicast(key, value):
     group_from_config(value)  # raises ValueError naming the field
 
 
+def _gang(key, value):
+    from .gang import group_from_config
+    group_from_config(value)  # raises ValueError naming the field
+
+
 # model_loader_extra_config keys: (meaning, check). One row per key; add a row to add a key.
 EXTRA_KEYS = {
     "snapshot": ("snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)", _path),
@@ -74,6 +79,9 @@ EXTRA_KEYS = {
                   "(docs/MULTI_GPU.md); ranks it does not reach restore their own file", _multicast),
     "publish": ("after restoring, publish the weights to the pool so that the next instance restoring the same "
                 "snapshot is served from this GPU device to device (needs pool; docs/POOL.md)", _flag),
+    "gang": ("join a gang {store: host:port, rank, size, ...} of engines restoring the same snapshot: each reads its "
+             "share and receives the rest from the others (docs/MULTI_GPU.md); members it does not complete restore "
+             "their own file", _gang),
     "compile_cache": ("write the torch.compile cache frozen beside the snapshot into VLLM_CACHE_ROOT before vLLM "
                       "compiles (default true)", _flag),
 }
@@ -91,6 +99,9 @@ def validate_extra_config(extra) -> dict:
         EXTRA_KEYS[key][1](key, value)
     if extra.get("publish") and not extra.get("pool"):
         raise ValueError("load_format='thaw': publish offers the weights through a pool: set pool too")
+    if "multicast" in extra and "gang" in extra:
+        raise ValueError("load_format='thaw': multicast and gang exclude each other: an engine joins one group "
+                         "(multicast: one source sends everything; gang: every member reads a share)")
     return extra
 
 
@@ -169,11 +180,24 @@ def resolve_checkpoint(model_or_path, load_config, revision=None) -> Path:
     return Path(folder)
 
 
-def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None, publish=False) -> dict:
+def _group_restore(multicast, gang):
+    """(join_from_config, restore) of the group an engine joins, or None."""
+    if multicast is not None:
+        from .multicast import join_from_config, multicast_restore
+        return join_from_config, multicast_restore
+    if gang is not None:
+        from .gang import gang_restore, join_from_config
+        return join_from_config, gang_restore
+    return None
+
+
+def restore_snapshot(model, snapshot, vllm_config, model_config, options, device=None, multicast=None, publish=False,
+                     gang=None) -> dict:
     """Restores this rank's file of a snapshot into an already processed model: tensors,
     then the scalars processing derived. The bridge checks names, dtypes, shapes and the
-    fingerprint against the header before any byte moves. multicast: the extra config's group to join.
-    publish: then offer the weights to the pool for the next instance (vllm_peer.py)."""
+    fingerprint against the header before any byte moves. multicast, gang: the extra
+    config's group to join (at most one). publish: then offer the weights to the pool for
+    the next instance (vllm_peer.py)."""
     ranks = parallel_ranks(vllm_config)
     path = rank_file(snapshot, ranks)
     from . import vllm_peer
@@ -185,13 +209,16 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
     tensors = vllm_capture.model_tensors(model)
     checks = dict(strict=True, metadata=fingerprint(vllm_config, model_config, ranks, model, device),
                   missing_hint="it was not frozen from vLLM: freeze it with thaw_vllm.freeze_vllm")
-    if multicast is not None:
-        from .multicast import join_from_config, multicast_restore
+    joined = _group_restore(multicast, gang)
+    if joined is not None:
+        join_from_config, group_restore = joined
         header = torch_io.check_destination(tensors, path, **checks)
         first_worker = not any((ranks.tp_rank, ranks.pp_rank, ranks.dp_rank, ranks.pcp_rank))
-        group = join_from_config(multicast, ranks.file_parts(), first_worker)
-        stats = multicast_restore(tensors, path, group, strict=True, **options)
+        group = join_from_config(multicast if multicast is not None else gang, ranks.file_parts(), first_worker)
+        stats = group_restore(tensors, path, group, strict=True, **options)
         served = stats["path"]
+        if served == "gang":
+            served = f"gang (its share of {stats['share_bytes']} bytes via {stats['share_path']})"
     else:
         stats, header = torch_io.restore_checked(tensors, path, **checks, **options)
         served = "peer" if stats.get("via") == "peer" else stats["source"]
@@ -282,7 +309,8 @@ def make_loader_class():
                     _process(model, model_config, device)
                     _refuse_unmaterialized(model, "the draft model" if draft else "the model")
                     restore_snapshot(model, snapshot, vllm_config, model_config, options, device,
-                                     None if draft else self.extra.get("multicast"), publish=bool(self.extra.get("publish")))
+                                     None if draft else self.extra.get("multicast"), publish=bool(self.extra.get("publish")),
+                                     gang=None if draft else self.extra.get("gang"))
                     if not draft and self.extra.get("compile_cache", True):
                         restore_compile_cache(vllm_config, snapshot)
             if self.extra.get("sleep_backend"):

@@ -8,7 +8,8 @@ import torch
 
 import thaw_vllm
 from thaw_vllm import gang
-from test_multicast import assert_clean, random_tensor, run_group, snapshot  # noqa: F401  (the fixture)
+from test_multicast import (assert_clean, assert_fell_back, assert_whole, random_tensor, run_group,  # noqa: F401
+                            snapshot)  # (the fixture)
 
 
 def test_three_members_share_the_work_bit_identical(tmp_path, snapshot):  # noqa: F811
@@ -58,14 +59,9 @@ def test_a_stalled_member_times_out_and_everyone_ends_whole(tmp_path, snapshot):
     rounds = [{"mode": "gang", "stall_after_bytes": {"1": 1}, "stall_s": 7, "timeout_s": 2}]
     results, codes, logs = run_group(tmp_path, path, 3, rounds)
     assert codes == [0, 0, 0], logs
-    for member in range(3):
-        result = results[member][0]
-        assert "error" not in result and result["digests"] == expected, (member, result, logs[member])
-    for member in (0, 2):
-        stats = results[member][0]["stats"]
-        assert stats["path"] == "file", (member, stats)
-        assert_clean(stats["group_error"])
-        assert "member 1" in stats["group_error"], stats
+    assert_whole(results, expected, logs, range(3))
+    assert_fell_back(results, (0, 2))
+    assert all("member 1" in results[m][0]["stats"]["group_error"] for m in (0, 2))
     assert "upstream member 1 sent nothing for 2 s at tensor '" in results[2][0]["stats"]["group_error"]
 
 

@@ -77,6 +77,21 @@ def assert_clean(message):
     assert message and not any(t in message for t in INTERNAL_TEXT), message
 
 
+def assert_whole(results, expected, logs, members):
+    """Every member named ended its first round without an error, holding the snapshot's bytes."""
+    for member in members:
+        result = results[member][0]
+        assert "error" not in result and result["digests"] == expected, (member, result, logs[member])
+
+
+def assert_fell_back(results, members):
+    """Every member named restored its own file, after one message in our words."""
+    for member in members:
+        stats = results[member][0]["stats"]
+        assert stats["path"] == "file", (member, stats)
+        assert_clean(stats["group_error"])
+
+
 def test_two_ranks_over_a_tcp_store_bit_identical_and_checked(tmp_path, snapshot):
     path, expected = snapshot
     results, codes, logs = run_group(tmp_path, path, 2, [{"verify": True}], store="tcp")
@@ -131,13 +146,8 @@ def test_a_stalled_rank_times_out_and_everyone_ends_whole(tmp_path, snapshot):
     rounds = [{"stall_after_bytes": {"1": 1}, "stall_s": 7, "timeout_s": 2}]
     results, codes, logs = run_group(tmp_path, path, 4, rounds)
     assert codes == [0, 0, 0, 0], logs
-    for rank in range(4):
-        result = results[rank][0]
-        assert "error" not in result and result["digests"] == expected, (rank, result, logs[rank])
-    for rank in (2, 3):
-        stats = results[rank][0]["stats"]
-        assert stats["path"] == "file", (rank, stats)
-        assert_clean(stats["group_error"])
+    assert_whole(results, expected, logs, range(4))
+    assert_fell_back(results, (2, 3))
     assert "upstream rank 1 sent nothing for 2 s" in results[2][0]["stats"]["group_error"]
     assert "rank 1" in results[0][0]["stats"]["group_error"]
     assert results[1][0]["stats"]["path"] in ("multicast", "file")
