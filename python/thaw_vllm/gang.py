@@ -21,7 +21,7 @@ import torch
 
 from . import manifest as manifests
 from . import torch_io
-from .errors import ThawChecksumError, ThawMismatchError
+from .errors import ThawError, ThawMismatchError
 from .group import (CONFIG_FIELDS, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, WINDOW, GroupError, GroupSettings, Link, Meeting,
                     PeerFailure, backend_text, device_and_backend, open_backend, restore_alone, settings_from_config,
                     shut, summary, tcp_store)
@@ -32,6 +32,7 @@ __all__ = ["GangError", "GangGroup", "gang_restore", "tcp_store", "group_from_co
            "assign_shares", "share_chunks", "ring_steps"]
 
 LEADER = 0  # the member whose snapshot the others check theirs against
+HANDSHAKE_TAG = 1 << 30  # above every chunk's tag (a link's message count)
 
 
 class GangError(GroupError):
@@ -183,6 +184,23 @@ def _exchange(send_link, recv_link, wires, shares, steps, group, names, progress
     settle(0)
 
 
+def _handshake(send_link, recv_link, group, device):
+    """One byte round the ring before any chunk, in an order that cannot wait in a circle: NCCL
+    joins a pair's communicator on its first operation and blocks until both ends do, so
+    member 0 sends first and every other member first receives (then sends on)."""
+    after, before = (group.rank + 1) % group.size, (group.rank - 1) % group.size
+    token = torch.zeros(1, dtype=torch.uint8, device=device)
+    what = "while the gang's links opened"
+
+    def send():
+        send_link.finished(send_link.post("send", token, after, HANDSHAKE_TAG, False, what), after, False, what)
+
+    def recv():
+        recv_link.finished(recv_link.post("recv", token, before, HANDSHAKE_TAG, True, what), before, True, what)
+    for step in ((send, recv) if group.rank == LEADER else (recv, send)):
+        step()
+
+
 def _open_links(group, meeting, kind):
     """(send link, recv link, backends). Over NCCL a pair of members shares one stream for both
     ways, so a gang of two, whose two links join the same pair, gets one backend a direction."""
@@ -216,6 +234,7 @@ def _run(group, meeting, manifest, targets, owners, progress):
     except RuntimeError as e:
         return {"ok": False, "parent": before, "error": f"could not connect to the gang's members ({backend_text(e)})"}
     try:
+        _handshake(send_link, recv_link, group, device)
         _exchange(send_link, recv_link, wires, shares, steps, group, [e[0] for e in manifest["tensors"]], progress)
         if kind == "nccl":
             torch.cuda.current_stream(device).synchronize()
@@ -269,7 +288,7 @@ def gang_restore(module_or_state_dict, path, group: GangGroup, strict: bool = Tr
                 manifests.verify_received([manifest["tensors"][i] for i in received], [targets[i] for i in received],
                                           label, lambda k: f"member {owners[received[k]]}'s share")
             torch_io.copy_untied_aliases(tensors, aliases)
-    except (GangError, ThawMismatchError, ThawChecksumError) as e:
+    except (ThawError, ValueError) as e:  # said to the others, so that none waits for this member
         own = {"ok": False, "error": str(e).removeprefix(label + ": "), "parent": None}
     statuses = meeting.statuses(group, own)
     title = f"thaw gang {group.name!r} (round {meeting.round}, {group.size} members)"
