@@ -33,6 +33,7 @@ class Flow:
     nbytes: float
     root: str
     edges: list
+    start: float = 0.0  # seconds before its first chunk may leave (a phase that waits for another)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def simulate(machine: Machine, flows, chunk_bytes: float) -> dict:
         for k in range(chunks):
             size = min(chunk_bytes, flow.nbytes - k * chunk_bytes)
             for child in children.get(flow.root, []):
-                heapq.heappush(queue, (0.0, k, f, flow.root, child, size))
+                heapq.heappush(queue, (flow.start, k, f, flow.root, child, size))
     end = 0.0
     while queue:
         ready, k, f, parent, child, size = heapq.heappop(queue)
@@ -120,6 +121,11 @@ def scenarios(machine: Machine, chunk_bytes: float, model_gb: float = 140.0, rep
         Flow(replica, "host:0", [("host:0", node[0])] + chain(node))]
     out["node: 8 x 8B replicas, gang (1/8 each from the host, NVLink ring)"] = [
         Flow(replica / 8, "host:0", [("host:0", node[i])] + chain(node[i:] + node[:i])) for i in range(8)]
+    # As thaw_vllm.gang runs it: every member's share lands before the ring starts.
+    shares = [Flow(replica / 8, "host:0", [("host:0", g)]) for g in node]
+    landed = simulate(machine, shares, chunk_bytes)["seconds"]
+    out["node: 8 x 8B replicas, gang as built (every share lands, then the ring)"] = shares + [
+        Flow(replica / 8, node[i], chain(node[i:] + node[:i]), start=landed) for i in range(8)]
     # Eight nodes, 70B at TP=8 on each (DP=8): the 8 GPUs of one tp rank form one group.
     for rails in (8, 1):
         m = Machine(**{**machine.__dict__, "rails": rails, "rates": {}})

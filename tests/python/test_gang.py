@@ -37,18 +37,18 @@ def test_three_members_share_the_work_bit_identical(tmp_path, snapshot):  # noqa
 
 
 def test_a_member_killed_mid_transfer_leaves_the_others_whole(tmp_path, snapshot):  # noqa: F811
-    """Member 1 dies after moving its first chunk; member 0 falls back to its file, member 2
-    (no fallback) raises one message naming member 1."""
+    """A ring of four: member 1 dies after moving its first chunk; members 0 and 3 fall back
+    to their files, member 2 (no fallback) raises one message naming member 1."""
     path, expected = snapshot
     rounds = [{"mode": "gang", "kill_after_bytes": {"1": 1}, "timeout_s": 3, "no_fallback": ["2"]}]
-    results, codes, logs = run_group(tmp_path, path, 3, rounds)
+    results, codes, logs = run_group(tmp_path, path, 4, rounds)
     assert codes[1] == -9 and results[1] is None
-    assert codes[0] == codes[2] == 0, logs
+    assert codes[0] == codes[2] == codes[3] == 0, logs
+    assert_fell_back(results, (0, 3))
     first, third = results[0][0], results[2][0]
-    assert first["stats"]["path"] == "file" and first["digests"] == expected, logs[0]
+    assert first["digests"] == expected and results[3][0]["digests"] == expected, logs
     message = first["stats"]["group_error"]
-    assert_clean(message)
-    assert message.startswith("thaw gang 'test' (round 1, 3 members): member 1 gave no word"), message
+    assert message.startswith("thaw gang 'test' (round 1, 4 members): member 1 gave no word"), message
     assert third["error"]["type"] == "GangError", third
     assert_clean(third["error"]["message"])
     assert "member 1" in third["error"]["message"] and "at tensor '" in third["error"]["message"], third

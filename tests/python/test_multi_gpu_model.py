@@ -68,8 +68,20 @@ def test_the_command_writes_every_scenario(tmp_path, capsys):
     out = tmp_path / "model.json"
     model.main(["--out", str(out), "--chunk-mib", "64"])
     saved = json.loads(out.read_text())
-    assert saved["chunk_mib"] == 64 and len(saved["results"]) == 8
+    assert saved["chunk_mib"] == 64 and len(saved["results"]) == 9
     assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in saved["results"].values())
     assert "gang" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         model.main(["--chunk-mib", "0"])
+
+
+def test_the_gang_as_built_pays_its_shares_then_its_ring():
+    m = machine(host_gbps=220.0)
+    results = model.run(m, 32 * MIB)
+    streamed = results["node: 8 x 8B replicas, gang (1/8 each from the host, NVLink ring)"]
+    built = results["node: 8 x 8B replicas, gang as built (every share lands, then the ring)"]
+    shares = 16.06e9 / (220.0 * model.GB)  # all eight shares leave host memory at once
+    chunks = math.ceil(16.06e9 / 8 / (32 * MIB))
+    ring = 7 * chunks * (32 * MIB / (385.0 * model.GB) + 30e-6)  # every NVLink port carries seven shares
+    assert built["seconds"] == pytest.approx(shares + ring, rel=0.05)
+    assert streamed["seconds"] < built["seconds"] and built["busiest"] == "host:0"
