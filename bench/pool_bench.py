@@ -94,7 +94,8 @@ def main():
     state = {t["name"]: torch.empty(t["shape"], dtype=torch.float16, device="cuda") for t in header["tensors"]}
     table, breakdowns, rounds = {}, [], []
     budget = (model_bytes >> 20) + 1024
-    for mode, env in (("pipelined opens (default)", {}), ("serial opens (THAWCORE_POOL_OPEN=serial)", {"THAWCORE_POOL_OPEN": "serial"})):
+    for mode, env in (("phased opens (default)", {}), ("pipelined opens (THAWCORE_POOL_OPEN=pipelined)", {"THAWCORE_POOL_OPEN": "pipelined"}),
+                      ("serial opens (THAWCORE_POOL_OPEN=serial)", {"THAWCORE_POOL_OPEN": "serial"})):
         with running_pool(THAW, socket_path, budget, env=env) as served:
             started = time.perf_counter()
             pool.load(snapshot, served)

@@ -225,15 +225,22 @@ typedef struct thawcore_peer_copy_stats {
     uint32_t lanes;
     uint32_t failed_allocation;     /* the allocation of the first error, or UINT32_MAX */
     uint32_t failed_copy;           /* the copy of the first error (a bound), or UINT32_MAX */
-    uint32_t serial;                /* 1 when THAWCORE_POOL_OPEN=serial opened and closed them in order */
+    uint32_t open_order;            /* THAWCORE_POOL_OPEN_*: how the handles were opened and closed */
 } thawcore_peer_copy_stats;
 
-/* Opens a peer's allocations in parallel on the lanes' threads, copies into each one as soon as
- * it is open and bounded while others are still opening, and closes each behind its last
- * copy; nothing stays mapped after the call. On failure no copy is in flight and every
- * allocation is closed; allocations already bounded may have been written (they are the
- * peer's own). THAWCORE_POOL_OPEN=serial (for measurements) opens all first, in order, on
- * the calling thread, and closes all after. stats may be NULL. */
+/* The order of a peer copy's opens, copies and closes (THAWCORE_POOL_OPEN=phased|pipelined|serial
+ * chooses it, for measurements). Phased, the default: all opened in parallel on the lanes, then
+ * all copies queued with no wait between them, then all closed in parallel. Pipelined: copies
+ * start into each allocation as soon as it is open, and each is closed behind its last copy.
+ * Serial: opened in order on the calling thread, copied, closed in order (the first pool's way). */
+enum { THAWCORE_POOL_OPEN_PHASED = 0, THAWCORE_POOL_OPEN_PIPELINED = 1, THAWCORE_POOL_OPEN_SERIAL = 2 };
+
+/* Opens a peer's allocations in parallel on the lanes' threads, bounding every copy by what its
+ * handle really opens, copies, and closes them all; nothing stays mapped after the call (the
+ * order: THAWCORE_POOL_OPEN_* above). On failure no copy is in flight and every allocation is
+ * closed; in the phased order an open or bound that fails stops the call before any copy, in
+ * the others allocations already bounded may have been written (they are the peer's own).
+ * stats may be NULL. */
 int thawcore_engine_peer_copy(thawcore_engine *engine, const thawcore_ipc_peer *peer,
                               const thawcore_peer_allocation *allocations, uint32_t allocation_count,
                               const thawcore_peer_copy *copies, uint32_t copy_count,

@@ -191,7 +191,7 @@ internal static partial class Interop
             public uint Lanes;
             public uint FailedAllocation;
             public uint FailedCopy;
-            public uint Serial;
+            public uint OpenOrder;
         }
 
         [LibraryImport(Library, EntryPoint = "thawcore_engine_peer_copy")]

@@ -61,9 +61,11 @@ class RestoreStats(ctypes.Structure):
         ("wait_s", ctypes.c_double),
         ("copy_s", ctypes.c_double),
         ("close_s", ctypes.c_double),
-        ("serial_opens", ctypes.c_int32),
+        ("open_order", ctypes.c_int32),
         ("allocations", ctypes.c_int32),
     ]
+    # PeerCopyTimings.OpenOrders in src/Thaw.Interop/Restore/ThawEngine.Peer.cs.
+    OPEN_ORDERS = {0: "phased", 1: "pipelined", 2: "serial"}
     TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 
     # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.

@@ -54,7 +54,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True
         [tensors[n].data_ptr() for n in names], [tensors[n].numel() * tensors[n].element_size() for n in names])
     return {"bytes": stats.bytes, "seconds": stats.seconds,
             "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": "pool", "via": stats.source_name,
-            "timings": {k: getattr(stats, k) for k in stats.TIMINGS}, "opens": "serial" if stats.serial_opens else "pipelined",
+            "timings": {k: getattr(stats, k) for k in stats.TIMINGS}, "opens": stats.OPEN_ORDERS.get(stats.open_order, "unknown"),
             "allocations": stats.allocations}
 
 

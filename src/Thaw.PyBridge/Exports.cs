@@ -65,7 +65,7 @@ public static unsafe partial class Exports
         public double WaitSeconds;
         public double CopySeconds;
         public double CloseSeconds;
-        public int SerialOpens;     // 1: the pool opened the handles in order first (THAWCORE_POOL_OPEN=serial)
+        public int OpenOrder;       // the pool's order of opens (PeerCopyTimings.OpenOrders' index), -1: unknown
         public int Allocations;     // distinct allocations (IPC handles) the pool opened
     }
 
@@ -175,7 +175,7 @@ public static unsafe partial class Exports
                 Source = (int)(r.FromPeer ? RestoreSource.Peer : r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
                 ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
                 PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
-                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, SerialOpens = r.Timings.SerialOpens ? 1 : 0, Allocations = r.Timings.Allocations,
+                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, OpenOrder = PeerCopyTimings.OpenOrders.ToList().IndexOf(r.Timings.Opens), Allocations = r.Timings.Allocations,
             };
         return 0;
     });

@@ -157,14 +157,21 @@ int main(void)
     CHECK(a.rc == 0 && b.rc == 0);
     check_landed(&a, source, piece);
     check_landed(&b, source, piece);
-    CHECK(a.stats.serial == 0 && a.stats.lanes == 4);
+    CHECK(a.stats.open_order == THAWCORE_POOL_OPEN_PHASED && a.stats.lanes == 4);
     CHECK(open_descriptors() == descriptors);
 
-    /* The measurement knob: opened in order first, closed after; the same bytes. */
+    /* The measurement knob: pipelined (copies into each allocation once open, closed behind) and
+     * serial (opened in order first, closed after); the same bytes, nothing left open. */
+    setenv("THAWCORE_POOL_OPEN", "pipelined", 1);
+    build(&a, zero, "a", source, piece);
+    run(&a);
+    CHECK(a.rc == 0 && a.stats.open_order == THAWCORE_POOL_OPEN_PIPELINED);
+    check_landed(&a, source, piece);
+    CHECK(open_descriptors() == descriptors);
     setenv("THAWCORE_POOL_OPEN", "serial", 1);
     build(&a, zero, "a", source, piece);
     run(&a);
-    CHECK(a.rc == 0 && a.stats.serial == 1);
+    CHECK(a.rc == 0 && a.stats.open_order == THAWCORE_POOL_OPEN_SERIAL);
     check_landed(&a, source, piece);
     unsetenv("THAWCORE_POOL_OPEN");
     CHECK(open_descriptors() == descriptors);
@@ -176,6 +183,7 @@ int main(void)
     CHECK(a.rc == THAWCORE_ERR_BAD_DESTINATION && strstr(thawcore_last_error(), "runs past the end of its allocation of 4194304 bytes"));
     CHECK(a.stats.failed_allocation == 3 && a.stats.failed_copy == 3 * 3 + 2);
     CHECK(all_zero(a.names[3], 4 * piece));
+    CHECK(all_zero(a.names[0], 4 * piece)); /* phased: every bound is checked before the first copy */
     CHECK(open_descriptors() == descriptors);
 
     /* A handle that does not open: refused, named, everything opened is closed again. */
@@ -187,9 +195,11 @@ int main(void)
     CHECK(a.stats.failed_allocation == 2 && a.stats.failed_copy == UINT32_MAX);
     CHECK(open_descriptors() == descriptors);
 
-    /* Many more allocations than lanes look ahead: lanes meet allocations nobody has opened yet,
-     * open them themselves or wait for the lane opening them, and close behind. */
-    {
+    /* Many more allocations than lanes, in every order; pipelined, lanes meet allocations nobody
+     * has opened yet, open them themselves or wait for the lane opening them, and close behind. */
+    static const char *const orders[] = { "phased", "pipelined", "serial" };
+    for (uint32_t order = 0; order < 3; order++) {
+        setenv("THAWCORE_POOL_OPEN", orders[order], 1);
         enum { MANY = 64 };
         thawcore_engine *two = make_engine(THAWCORE_DEVICE_MOCK, 65536, 65536 * 4, 2);
         static char names[MANY][32];
@@ -206,7 +216,8 @@ int main(void)
         }
         thawcore_peer_copy_stats stats;
         CHECK(thawcore_engine_peer_copy(two, &peer, allocations, MANY, copies, MANY, &stats) == 0);
-        CHECK(stats.lanes == 2 && stats.open_seconds + stats.wait_seconds + stats.copy_seconds + stats.close_seconds <= stats.seconds);
+        CHECK(stats.lanes == 2 && stats.open_order == order);
+        CHECK(stats.open_seconds + stats.wait_seconds + stats.copy_seconds + stats.close_seconds <= stats.seconds);
         unsigned char *back = malloc(each);
         for (uint32_t i = 0; i < MANY; i++) {
             read_file(names[i], back, each, 0);
@@ -216,6 +227,7 @@ int main(void)
         free(back);
         free(many);
         thawcore_engine_destroy(two);
+        unsetenv("THAWCORE_POOL_OPEN");
     }
 
     /* Malformed requests never reach a handle. */

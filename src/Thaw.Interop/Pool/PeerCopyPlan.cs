@@ -27,7 +27,7 @@ public sealed record PoolServedRestore(long Bytes, double Seconds, string Device
         w.WriteNumber("close_s", Copy.CloseSeconds);
         w.WriteNumber("lanes", Copy.Lanes);
         w.WriteNumber("allocations", Allocations);
-        w.WriteString("opens", Copy.Serial ? "serial" : "pipelined");
+        w.WriteString("opens", Copy.Opens);
     }
 }
 

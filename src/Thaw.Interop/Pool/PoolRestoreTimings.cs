@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Thaw.Interop.Restore;
 
 namespace Thaw.Interop.Pool;
 
@@ -12,8 +13,8 @@ namespace Thaw.Interop.Pool;
 public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSeconds, double PoolSeconds,
     double OpenSeconds, double WaitSeconds, double CopySeconds, double CloseSeconds)
 {
-    /// <summary>The pool opened every handle in order before copying (THAWCORE_POOL_OPEN=serial).</summary>
-    public bool SerialOpens { get; init; }
+    /// <summary>The order of the pool's opens, copies and closes (<see cref="PeerCopyTimings.OpenOrders"/>), or "unknown".</summary>
+    public string Opens { get; init; } = "unknown";
     /// <summary>Distinct allocations (IPC handles) the pool opened for the restore.</summary>
     public int Allocations { get; init; }
 
@@ -28,7 +29,8 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
         return new PoolRestoreTimings(resolveSeconds, Math.Max(0, totalSeconds - resolveSeconds - pool), pool,
             Field("open_s"), Field("wait_s"), Field("copy_s"), Field("close_s"))
         {
-            SerialOpens = response.TryGetProperty("opens", out JsonElement opens) && opens.ValueKind == JsonValueKind.String && opens.GetString() == "serial",
+            Opens = response.TryGetProperty("opens", out JsonElement opens) && opens.ValueKind == JsonValueKind.String
+                && PeerCopyTimings.OpenOrders.Contains(opens.GetString()) ? opens.GetString()! : "unknown",
             Allocations = response.TryGetProperty("allocations", out JsonElement a) && a.TryGetInt32(out int n) && n >= 0 ? n : 0,
         };
     }

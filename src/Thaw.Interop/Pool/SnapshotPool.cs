@@ -431,7 +431,8 @@ public sealed unsafe class SnapshotPool : IDisposable
     /// <summary>A fill's copies, batch by batch, as one breakdown.</summary>
     private static PeerCopyTimings Sum(List<PeerCopyTimings> parts) =>
         new(parts.Sum(p => p.OpenSeconds), parts.Sum(p => p.WaitSeconds), parts.Sum(p => p.CopySeconds), parts.Sum(p => p.CloseSeconds),
-            parts.Sum(p => p.Seconds), parts.Count == 0 ? 0 : parts.Max(p => p.Lanes), parts.Any(p => p.Serial));
+            parts.Sum(p => p.Seconds), parts.Count == 0 ? 0 : parts.Max(p => p.Lanes),
+            parts.Count == 0 ? PeerCopyTimings.OpenOrders[0] : parts[0].Opens);
 
     private void Release(Entry entry)
     {

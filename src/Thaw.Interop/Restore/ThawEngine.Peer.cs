@@ -16,7 +16,13 @@ public readonly record struct PeerCopy(ulong HostAddress, long Offset, long Capa
 /// <summary>Where a peer copy's time went (thaw_core.h, thawcore_peer_copy_stats): the lanes'
 /// time in each part divided by the lanes, so the parts add up to at most <see cref="Seconds"/>.</summary>
 public sealed record PeerCopyTimings(double OpenSeconds, double WaitSeconds, double CopySeconds, double CloseSeconds,
-    double Seconds, int Lanes, bool Serial);
+    double Seconds, int Lanes, string Opens)
+{
+    /// <summary>The core's orders of opens, copies and closes (thaw_core.h, THAWCORE_POOL_OPEN_*), by number.</summary>
+    public static readonly IReadOnlyList<string> OpenOrders = ["phased", "pipelined", "serial"];
+
+    internal static string OrderName(uint order) => order < OpenOrders.Count ? OpenOrders[(int)order] : "unknown";
+}
 
 /// <summary>A peer copy refused: the message, and which allocation and copy it concerns (-1: none).</summary>
 public sealed class PeerCopyException(Exception inner, int allocation, int copy) : Exception(inner.Message, inner)
@@ -84,7 +90,7 @@ public sealed partial class ThawEngine
                     stats.FailedAllocation == uint.MaxValue ? -1 : (int)stats.FailedAllocation,
                     stats.FailedCopy == uint.MaxValue ? -1 : (int)stats.FailedCopy);
             return new PeerCopyTimings(stats.OpenSeconds, stats.WaitSeconds, stats.CopySeconds, stats.CloseSeconds,
-                stats.Seconds, (int)stats.Lanes, stats.Serial != 0);
+                stats.Seconds, (int)stats.Lanes, PeerCopyTimings.OrderName(stats.OpenOrder));
         }
     }
 }

@@ -232,10 +232,15 @@ static int check_arguments(const thawcore_peer_allocation *allocations, uint32_t
     return 0;
 }
 
-static int use_serial_open(void)
+/* THAWCORE_POOL_OPEN picks the order, for measurements against the default. */
+static uint32_t open_order(void)
 {
     const char *mode = getenv("THAWCORE_POOL_OPEN");
-    return mode && strcmp(mode, "serial") == 0;
+    if (mode && strcmp(mode, "serial") == 0)
+        return THAWCORE_POOL_OPEN_SERIAL;
+    if (mode && strcmp(mode, "pipelined") == 0)
+        return THAWCORE_POOL_OPEN_PIPELINED;
+    return THAWCORE_POOL_OPEN_PHASED;
 }
 
 /* THAWCORE_POOL_OPEN=serial: what the pool did before, kept to measure against. */
@@ -251,13 +256,120 @@ static void open_all_serially(peer_job *job, double *open_s)
     *open_s = thaw_now_seconds() - t;
 }
 
-static void run_job(peer_job *job, int serial, thawcore_peer_copy_stats *stats)
+/* Phased order (the default): every lane opens allocations until all are open, then every lane
+ * queues pieces of any allocation without waiting in between, waits once for its stream, and
+ * the lanes close the allocations between them. Measured on the H200 (docs/BENCHMARKS.md): the
+ * copies alone run at the link's rate when nothing waits between them; a lane that waits for its
+ * stream at each allocation (the pipelined order) drains its queue hundreds of times a restore. */
+typedef struct { peer_job *job; uint32_t lane; atomic_uint *next; } phase_arg;
+
+static void *open_phase_main(void *arg)
+{
+    phase_arg *pa = arg;
+    peer_job *job = pa->job;
+    int rc = job->engine->dev.ops->bind_thread(&job->engine->dev);
+    if (rc) {
+        thaw_first_failure_record(&job->failure, rc, UINT32_MAX);
+        return NULL;
+    }
+    for (;;) {
+        uint32_t a = atomic_fetch_add(&job->next_open, 1);
+        if (a >= job->allocation_count || atomic_load(&job->failure.failed))
+            return NULL;
+        open_allocation(job, a);
+    }
+}
+
+static void *copy_phase_main(void *arg)
+{
+    phase_arg *pa = arg;
+    peer_job *job = pa->job;
+    thawcore_engine *e = job->engine;
+    lane *l = &e->lanes[pa->lane];
+    uint64_t total = job->piece_start[job->copy_count];
+    uint32_t copy = 0;
+    int rc = e->dev.ops->bind_thread(&e->dev);
+    while (!rc && !atomic_load(&job->failure.failed)) {
+        uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
+        if (piece >= total)
+            break;
+        while (job->piece_start[copy + 1] <= piece)
+            copy++;
+        uint32_t a = job->allocation_of_copy[copy];
+        const thawcore_peer_copy *c = &job->copies[copy];
+        uint64_t offset = (piece - job->piece_start[copy]) * job->piece;
+        uint64_t n = c->length - offset < job->piece ? c->length - offset : job->piece;
+        rc = e->dev.ops->copy_h2d_async(&e->dev, job->address[a] + c->offset + offset,
+                                        (const void *)(uintptr_t)(c->host_address + offset), (size_t)n, l->stream);
+        if (rc) {
+            fail_allocation(job, a, copy, thaw_fail_context(rc, "copying piece %llu of copy %u to the device",
+                                                            (unsigned long long)piece, copy));
+            rc = 0; /* recorded; the wait below still drains what this lane queued */
+            break;
+        }
+    }
+    int wait = e->dev.ops->stream_wait(&e->dev, l->stream); /* nothing is closed with a copy in flight */
+    if (rc || wait)
+        thaw_first_failure_record(&job->failure, rc ? rc : wait, UINT32_MAX);
+    return NULL;
+}
+
+static void *close_phase_main(void *arg)
+{
+    phase_arg *pa = arg;
+    peer_job *job = pa->job;
+    int bound = job->engine->dev.ops->bind_thread(&job->engine->dev);
+    for (;;) {
+        uint32_t a = atomic_fetch_add(pa->next, 1);
+        if (a >= job->allocation_count)
+            return NULL;
+        if (atomic_load(&job->state[a]) != OPEN)
+            continue;
+        int rc = bound ? bound : close_allocation(job, a);
+        if (rc)
+            fail_allocation(job, a, UINT32_MAX, rc);
+    }
+}
+
+static double run_phase(peer_job *job, uint32_t lanes, void *(*main_fn)(void *), atomic_uint *next)
+{
+    double t = thaw_now_seconds();
+    phase_arg args[MAX_THREADS];
+    for (uint32_t i = 0; i < lanes; i++)
+        args[i] = (phase_arg){ job, i, next };
+    first_failure starting; /* a lane that cannot start: the others cover its share */
+    thaw_first_failure_init(&starting);
+    thaw_run_workers(lanes, main_fn, args, sizeof args[0], &starting);
+    int rc = thaw_first_failure_finish(&starting);
+    if (rc)
+        thaw_first_failure_record(&job->failure, rc, UINT32_MAX);
+    return thaw_now_seconds() - t;
+}
+
+static void run_phased(peer_job *job, uint32_t lanes, thawcore_peer_copy_stats *stats)
+{
+    uint32_t openers = job->allocation_count < lanes ? (job->allocation_count ? job->allocation_count : 1) : lanes;
+    stats->open_seconds = run_phase(job, openers, open_phase_main, NULL);
+    if (!atomic_load(&job->failure.failed))
+        stats->copy_seconds = run_phase(job, lanes, copy_phase_main, NULL);
+    atomic_uint next_close = 0; /* after a failure too: whatever was opened is closed */
+    stats->close_seconds = run_phase(job, openers, close_phase_main, &next_close);
+}
+
+static void run_job(peer_job *job, uint32_t order, thawcore_peer_copy_stats *stats)
 {
     thawcore_engine *e = job->engine;
     uint64_t pieces = job->piece_start[job->copy_count];
     /* A lane for each piece or allocation (opens run in parallel too), at most one a lane. */
     uint64_t work = pieces > job->allocation_count ? pieces : job->allocation_count;
     uint32_t lanes = work < e->lane_count ? (uint32_t)(work ? work : 1) : e->lane_count;
+    stats->lanes = lanes;
+    stats->open_order = order;
+    if (order == THAWCORE_POOL_OPEN_PHASED) {
+        run_phased(job, lanes, stats);
+        return;
+    }
+    int serial = order == THAWCORE_POOL_OPEN_SERIAL;
     double serial_open = 0;
     if (serial)
         open_all_serially(job, &serial_open);
@@ -278,8 +390,6 @@ static void run_job(peer_job *job, int serial, thawcore_peer_copy_stats *stats)
             fail_allocation(job, a, UINT32_MAX, rc);
     }
     double late_close = thaw_now_seconds() - t;
-    stats->lanes = lanes;
-    stats->serial = (uint32_t)serial;
     stats->open_seconds = serial ? serial_open : job->open_s / lanes;
     stats->wait_seconds = job->wait_s / lanes;
     stats->copy_seconds = job->copy_s / lanes;
@@ -327,15 +437,15 @@ int thawcore_engine_peer_copy(thawcore_engine *e, const thawcore_ipc_peer *peer,
     }
     job.allocation_of_copy[copy_count] = allocation_count;
     job.open_ahead = e->lane_count;
-    int serial = use_serial_open();
-    job.close_behind = !serial;
+    uint32_t order = open_order();
+    job.close_behind = order == THAWCORE_POOL_OPEN_PIPELINED;
     atomic_store(&job.failed_allocation, UINT32_MAX);
     atomic_store(&job.failed_copy, UINT32_MAX);
     pthread_mutex_init(&job.lock, NULL);
     pthread_cond_init(&job.opened, NULL);
     thaw_first_failure_init(&job.failure);
     pthread_mutex_lock(&e->lock);
-    run_job(&job, serial, stats);
+    run_job(&job, order, stats);
     pthread_mutex_unlock(&e->lock);
     rc = thaw_first_failure_finish(&job.failure);
     stats->failed_allocation = atomic_load(&job.failed_allocation);
