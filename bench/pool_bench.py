@@ -1,7 +1,7 @@
 """The host-cache pool on the GPU machine, side by side in one run: a restore through
 `thaw pool serve` (snapshot in the pool's pinned memory, copied into this process's GPU
-memory by CUDA IPC) with its handles opened in parallel and pipelined with the copies (the
-default) and opened in order first (THAWCORE_POOL_OPEN=serial, what the pool did before), each
+memory by CUDA IPC) with its handles opened in order first (the default) and opened on the
+lanes, pipelined with the copies (THAWCORE_POOL_OPEN=pipelined, measured slower), each
 run's breakdown (docs/POOL.md, "Where a restore's time goes"), the direct warm restore from the
 file, and safetensors; bit identity; the pinned H2D ceiling of the same run.
 
@@ -94,8 +94,7 @@ def main():
     state = {t["name"]: torch.empty(t["shape"], dtype=torch.float16, device="cuda") for t in header["tensors"]}
     table, breakdowns, rounds = {}, [], []
     budget = (model_bytes >> 20) + 1024
-    for mode, env in (("phased opens (default)", {}), ("pipelined opens (THAWCORE_POOL_OPEN=pipelined)", {"THAWCORE_POOL_OPEN": "pipelined"}),
-                      ("serial opens (THAWCORE_POOL_OPEN=serial)", {"THAWCORE_POOL_OPEN": "serial"})):
+    for mode, env in (("serial opens (default)", {}), ("pipelined opens (THAWCORE_POOL_OPEN=pipelined)", {"THAWCORE_POOL_OPEN": "pipelined"})):
         with running_pool(THAW, socket_path, budget, env=env) as served:
             started = time.perf_counter()
             pool.load(snapshot, served)

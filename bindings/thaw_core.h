@@ -228,18 +228,16 @@ typedef struct thawcore_peer_copy_stats {
     uint32_t open_order;            /* THAWCORE_POOL_OPEN_*: how the handles were opened and closed */
 } thawcore_peer_copy_stats;
 
-/* The order of a peer copy's opens, copies and closes (THAWCORE_POOL_OPEN=phased|pipelined|serial
- * chooses it, for measurements). Phased, the default: all opened in parallel on the lanes, then
- * all copies queued with no wait between them, then all closed in parallel. Pipelined: copies
- * start into each allocation as soon as it is open, and each is closed behind its last copy.
- * Serial: opened in order on the calling thread, copied, closed in order (the first pool's way). */
-enum { THAWCORE_POOL_OPEN_PHASED = 0, THAWCORE_POOL_OPEN_PIPELINED = 1, THAWCORE_POOL_OPEN_SERIAL = 2 };
+/* The order of a peer copy's opens, copies and closes (THAWCORE_POOL_OPEN=serial|pipelined).
+ * Serial, the default: all opened in order and bounded, then copied over the lanes, then closed.
+ * Pipelined (kept to measure against; slower on the H200): the lanes open allocations too, copy
+ * into each as soon as it is open, and close each behind its last copy. */
+enum { THAWCORE_POOL_OPEN_SERIAL = 0, THAWCORE_POOL_OPEN_PIPELINED = 1 };
 
-/* Opens a peer's allocations in parallel on the lanes' threads, bounding every copy by what its
+/* Opens a peer's allocations, bounding every copy by what its
  * handle really opens, copies, and closes them all; nothing stays mapped after the call (the
  * order: THAWCORE_POOL_OPEN_* above). On failure no copy is in flight and every allocation is
- * closed; in the phased order an open or bound that fails stops the call before any copy, in
- * the others allocations already bounded may have been written (they are the peer's own).
+ * closed; allocations already bounded may have been written (they are the peer's own).
  * stats may be NULL. */
 int thawcore_engine_peer_copy(thawcore_engine *engine, const thawcore_ipc_peer *peer,
                               const thawcore_peer_allocation *allocations, uint32_t allocation_count,

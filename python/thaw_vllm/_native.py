@@ -65,7 +65,7 @@ class RestoreStats(ctypes.Structure):
         ("allocations", ctypes.c_int32),
     ]
     # PeerCopyTimings.OpenOrders in src/Thaw.Interop/Restore/ThawEngine.Peer.cs.
-    OPEN_ORDERS = {0: "phased", 1: "pipelined", 2: "serial"}
+    OPEN_ORDERS = {0: "serial", 1: "pipelined"}
     TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 
     # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.

@@ -10,7 +10,7 @@ namespace Thaw.Tests;
 
 /// <summary>Issue 19 item 1 and issue 14 item 4: the pool serves every device of the node, each
 /// restore on the engine of the device its client names (mock ordinals standing in for GPUs), an
-/// unknown device refused with nothing written; the handles of a restore opened in parallel and
+/// unknown device refused with nothing written; the handles of a restore opened and
 /// closed behind its copies, with the breakdown of its time in the response and in the client's result.</summary>
 public class PoolDeviceTests
 {
@@ -182,7 +182,7 @@ public class PoolDeviceTests
     private static int OpenDescriptors() => Directory.GetFiles("/proc/self/fd").Length;
 
     [Test]
-    public void ManyAllocationsOpenedInParallelAreBoundedEachAndAllClosedAfter()
+    public void ManyAllocationsAreBoundedEachAndAllClosedAfter()
     {
         // One allocation per tensor, as torch gives large tensors: every handle a file of its own.
         string[] names = _snapshot.Tensors.Select((t, i) => $"alloc{i}").ToArray();

@@ -15,14 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from pool_server import running_pool, timings_line  # noqa: E402
 
 
-@pytest.mark.parametrize("opens", ["phased", "pipelined", "serial"])
+@pytest.mark.parametrize("opens", ["serial", "pipelined"])
 def test_the_bench_pool_serves_and_reports_its_breakdown(tmp_path, opens):
     if not THAW.is_file():
         pytest.skip("build/publish/cli/thaw is not built (scripts/build.sh)")
     state = {f"w{i}": torch.randn(1000 + i) for i in range(3)}
     snapshot = tmp_path / "m.thaw"
     thaw_vllm.freeze(state, snapshot)
-    env = {} if opens == "phased" else {"THAWCORE_POOL_OPEN": opens}  # phased is the default
+    env = {} if opens == "serial" else {"THAWCORE_POOL_OPEN": opens}  # serial is the default
     with running_pool(THAW, tmp_path / "pool.sock", 64, device="mock", env=env, extra_args=["--shm-dir", str(tmp_path)]) as socket_path:
         pool.load(snapshot, socket_path)
         target = shared_views(tmp_path, thaw_vllm.info(snapshot))

@@ -227,7 +227,7 @@ def test_the_restore_says_where_its_time_went_and_which_device_served_it(tmp_pat
     assert all(v >= 0 for v in t.values()) and t["resolve_s"] > 0 and t["pool_s"] > 0 and t["open_s"] > 0
     assert t["resolve_s"] + t["request_s"] + t["pool_s"] == pytest.approx(stats["seconds"], abs=1e-9)
     assert t["open_s"] + t["wait_s"] + t["copy_s"] + t["close_s"] <= t["pool_s"]
-    assert stats["allocations"] == 1 and stats["opens"] == "phased", "every tensor lies in the one shared file"
+    assert stats["allocations"] == 1 and stats["opens"] == "serial", "every tensor lies in the one shared file"
     for name, tensor in state.items():
         assert torch.equal(target[name], tensor)
     devices = {d["device"]: d["restores"] for d in pool.status(server)["devices"]}

@@ -19,7 +19,7 @@ public sealed record PeerCopyTimings(double OpenSeconds, double WaitSeconds, dou
     double Seconds, int Lanes, string Opens)
 {
     /// <summary>The core's orders of opens, copies and closes (thaw_core.h, THAWCORE_POOL_OPEN_*), by number.</summary>
-    public static readonly IReadOnlyList<string> OpenOrders = ["phased", "pipelined", "serial"];
+    public static readonly IReadOnlyList<string> OpenOrders = ["serial", "pipelined"];
 
     internal static string OrderName(uint order) => order < OpenOrders.Count ? OpenOrders[(int)order] : "unknown";
 }

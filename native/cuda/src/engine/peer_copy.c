@@ -1,10 +1,9 @@
-/* A pool restore's copies into a peer's IPC allocations, pipelined over the engine's lanes:
- * the lanes open handles (a few allocations ahead of the copies), copy each allocation's
- * pieces as soon as it is open and bounded while other lanes are still opening, and close
- * each behind its last completed piece. Opening a CUDA IPC handle costs far more than
- * issuing a copy, and torch gives large tensors their own allocations (hundreds a model),
- * so done one after another on one thread the opens and closes stand beside the copies
- * instead of under them (issue 14, item 4).
+/* A pool restore's copies into a peer's IPC allocations over the engine's lanes. By default
+ * (serial) every allocation is opened and bounded in order, then the pieces of all copies go
+ * out over the lanes, then every allocation is closed. THAWCORE_POOL_OPEN=pipelined keeps the
+ * other order to measure against: the lanes open handles a few allocations ahead of the copies,
+ * copy each allocation's pieces as soon as it is open, and close each behind its last piece.
+ * On the H200 the driver serialises the opens, so pipelining loses (49.1 GB/s against 51.2).
  *
  * Nothing is kept open between calls: a mapping the pool holds keeps a peer's freed
  * allocation alive (docs/POOL.md, "One client"). */
@@ -236,14 +235,13 @@ static int check_arguments(const thawcore_peer_allocation *allocations, uint32_t
 static uint32_t open_order(void)
 {
     const char *mode = getenv("THAWCORE_POOL_OPEN");
-    if (mode && strcmp(mode, "serial") == 0)
-        return THAWCORE_POOL_OPEN_SERIAL;
-    if (mode && strcmp(mode, "pipelined") == 0)
-        return THAWCORE_POOL_OPEN_PIPELINED;
-    return THAWCORE_POOL_OPEN_PHASED;
+    return mode && strcmp(mode, "pipelined") == 0 ? THAWCORE_POOL_OPEN_PIPELINED : THAWCORE_POOL_OPEN_SERIAL;
 }
 
-/* THAWCORE_POOL_OPEN=serial: what the pool did before, kept to measure against. */
+/* The serial order, the default: the driver serialises IPC opens (16 lanes opening 194 handles
+ * took as long as one thread, 9-15 ms, on the H200) and holds off other threads' copies while it
+ * opens, so neither opening in parallel nor overlapping the opens with copies gained anything:
+ * 51.2 GB/s serial, 51.0 overlapped, 49.1 pipelined, one run (docs/BENCHMARKS.md). */
 static void open_all_serially(peer_job *job, double *open_s)
 {
     double t = thaw_now_seconds();
@@ -256,106 +254,6 @@ static void open_all_serially(peer_job *job, double *open_s)
     *open_s = thaw_now_seconds() - t;
 }
 
-/* Phased order (the default): every lane opens allocations until all are open, then every lane
- * queues pieces of any allocation without waiting in between, waits once for its stream, and
- * the lanes close the allocations between them. Measured on the H200 (docs/BENCHMARKS.md): the
- * copies alone run at the link's rate when nothing waits between them; a lane that waits for its
- * stream at each allocation (the pipelined order) drains its queue hundreds of times a restore. */
-typedef struct { peer_job *job; uint32_t lane; atomic_uint *next; } phase_arg;
-
-static void *open_phase_main(void *arg)
-{
-    phase_arg *pa = arg;
-    peer_job *job = pa->job;
-    int rc = job->engine->dev.ops->bind_thread(&job->engine->dev);
-    if (rc) {
-        thaw_first_failure_record(&job->failure, rc, UINT32_MAX);
-        return NULL;
-    }
-    for (;;) {
-        uint32_t a = atomic_fetch_add(&job->next_open, 1);
-        if (a >= job->allocation_count || atomic_load(&job->failure.failed))
-            return NULL;
-        open_allocation(job, a);
-    }
-}
-
-static void *copy_phase_main(void *arg)
-{
-    phase_arg *pa = arg;
-    peer_job *job = pa->job;
-    thawcore_engine *e = job->engine;
-    lane *l = &e->lanes[pa->lane];
-    uint64_t total = job->piece_start[job->copy_count];
-    uint32_t copy = 0;
-    int rc = e->dev.ops->bind_thread(&e->dev);
-    while (!rc && !atomic_load(&job->failure.failed)) {
-        uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
-        if (piece >= total)
-            break;
-        while (job->piece_start[copy + 1] <= piece)
-            copy++;
-        uint32_t a = job->allocation_of_copy[copy];
-        const thawcore_peer_copy *c = &job->copies[copy];
-        uint64_t offset = (piece - job->piece_start[copy]) * job->piece;
-        uint64_t n = c->length - offset < job->piece ? c->length - offset : job->piece;
-        rc = e->dev.ops->copy_h2d_async(&e->dev, job->address[a] + c->offset + offset,
-                                        (const void *)(uintptr_t)(c->host_address + offset), (size_t)n, l->stream);
-        if (rc) {
-            fail_allocation(job, a, copy, thaw_fail_context(rc, "copying piece %llu of copy %u to the device",
-                                                            (unsigned long long)piece, copy));
-            rc = 0; /* recorded; the wait below still drains what this lane queued */
-            break;
-        }
-    }
-    int wait = e->dev.ops->stream_wait(&e->dev, l->stream); /* nothing is closed with a copy in flight */
-    if (rc || wait)
-        thaw_first_failure_record(&job->failure, rc ? rc : wait, UINT32_MAX);
-    return NULL;
-}
-
-static void *close_phase_main(void *arg)
-{
-    phase_arg *pa = arg;
-    peer_job *job = pa->job;
-    int bound = job->engine->dev.ops->bind_thread(&job->engine->dev);
-    for (;;) {
-        uint32_t a = atomic_fetch_add(pa->next, 1);
-        if (a >= job->allocation_count)
-            return NULL;
-        if (atomic_load(&job->state[a]) != OPEN)
-            continue;
-        int rc = bound ? bound : close_allocation(job, a);
-        if (rc)
-            fail_allocation(job, a, UINT32_MAX, rc);
-    }
-}
-
-static double run_phase(peer_job *job, uint32_t lanes, void *(*main_fn)(void *), atomic_uint *next)
-{
-    double t = thaw_now_seconds();
-    phase_arg args[MAX_THREADS];
-    for (uint32_t i = 0; i < lanes; i++)
-        args[i] = (phase_arg){ job, i, next };
-    first_failure starting; /* a lane that cannot start: the others cover its share */
-    thaw_first_failure_init(&starting);
-    thaw_run_workers(lanes, main_fn, args, sizeof args[0], &starting);
-    int rc = thaw_first_failure_finish(&starting);
-    if (rc)
-        thaw_first_failure_record(&job->failure, rc, UINT32_MAX);
-    return thaw_now_seconds() - t;
-}
-
-static void run_phased(peer_job *job, uint32_t lanes, thawcore_peer_copy_stats *stats)
-{
-    uint32_t openers = job->allocation_count < lanes ? (job->allocation_count ? job->allocation_count : 1) : lanes;
-    stats->open_seconds = run_phase(job, openers, open_phase_main, NULL);
-    if (!atomic_load(&job->failure.failed))
-        stats->copy_seconds = run_phase(job, lanes, copy_phase_main, NULL);
-    atomic_uint next_close = 0; /* after a failure too: whatever was opened is closed */
-    stats->close_seconds = run_phase(job, openers, close_phase_main, &next_close);
-}
-
 static void run_job(peer_job *job, uint32_t order, thawcore_peer_copy_stats *stats)
 {
     thawcore_engine *e = job->engine;
@@ -365,10 +263,6 @@ static void run_job(peer_job *job, uint32_t order, thawcore_peer_copy_stats *sta
     uint32_t lanes = work < e->lane_count ? (uint32_t)(work ? work : 1) : e->lane_count;
     stats->lanes = lanes;
     stats->open_order = order;
-    if (order == THAWCORE_POOL_OPEN_PHASED) {
-        run_phased(job, lanes, stats);
-        return;
-    }
     int serial = order == THAWCORE_POOL_OPEN_SERIAL;
     double serial_open = 0;
     if (serial)
