@@ -292,6 +292,29 @@ typedef struct thawcore_file_identity {
 /* Fills *out from stat(path); -ENOENT and the like when it cannot. */
 int thawcore_file_identity_of(const char *path, thawcore_file_identity *out);
 
+/* Starts argv[0] (an absolute path; argv NULL-terminated) detached from the caller: fork,
+ * setsid, fork, exec, with stdin from /dev/null and stdout/stderr appended to log_path
+ * (created 0600). The intermediate child is reaped; the caller's signal handlers are left
+ * alone. Returns 0 and the new process's pid, or -errno when fork, setsid or exec failed. */
+int thawcore_spawn_detached(const char *const *argv, const char *log_path, int32_t *pid_out);
+
+/* Checks that path (absolute) is a directory, not a symbolic link (lstat), owned by the
+ * calling uid, without group or other permissions; with create, makes it 0700 first when
+ * absent. Returns 0, or -EPERM/-ENOTDIR/-errno with a message naming the path and the fault. */
+int thawcore_private_directory(const char *path, int create);
+
+/* The device, inode and status-change time (ns) of path itself (lstat): together they tell a
+ * file from a later one at the same path even when the inode number is reused. */
+int thawcore_path_identity(const char *path, uint64_t *device_out, uint64_t *inode_out, uint64_t *changed_ns_out);
+
+/* A stream socket bound at path and listening (CLOEXEC): its descriptor in *fd_out, for the
+ * caller to own. The caller removes the file (the managed runtime does not know of it). */
+int thawcore_unix_listen(const char *path, int32_t backlog, int32_t *fd_out);
+
+/* The file the core was loaded from (libthaw.so, or the executable it is linked into):
+ * copies it NUL-terminated, truncated to capacity; returns its full length. */
+int thawcore_module_path(char *buffer, size_t capacity);
+
 #ifdef __cplusplus
 }
 #endif

@@ -233,5 +233,20 @@ internal static partial class Interop
 
         [LibraryImport(Library, EntryPoint = "thawcore_engine_device_memory")]
         internal static partial int EngineDeviceMemory(EngineHandle engine, out ulong freeBytes, out ulong totalBytes);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_spawn_detached", StringMarshalling = StringMarshalling.Utf8)]
+        internal static unsafe partial int SpawnDetached(byte** argv, string logPath, out int pid);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_private_directory", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int PrivateDirectory(string path, int create);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_path_identity", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int PathIdentity(string path, out ulong device, out ulong inode, out ulong changedNanoseconds);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_unix_listen", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int UnixListen(string path, int backlog, out int fd);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_module_path")]
+        internal static unsafe partial int ModulePath(byte* buffer, nuint capacity);
     }
 }

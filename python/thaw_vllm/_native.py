@@ -126,6 +126,7 @@ def _declare(lib):
     lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
     lib.thaw_pool_restore.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.POINTER(RestoreStats)]
     lib.thaw_pool_call.argtypes = [c.c_char_p, c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)]
+    lib.thaw_pool_select.argtypes = [c.c_int, c.c_char_p, c.c_int, c.c_int, c.POINTER(c.c_void_p)]
     lib.thaw_verify.argtypes = [c.c_char_p]
     lib.thaw_crc32c.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.POINTER(c.c_uint32)]
     lib.thaw_snapshot_identity.argtypes = [c.c_char_p, c.POINTER(c.c_void_p)]
@@ -136,7 +137,7 @@ def _declare(lib):
     lib.thaw_pool_unpublish.argtypes = [c.c_void_p]
     for name in ("thaw_snapshot_identity", "thaw_pool_publish", "thaw_pool_republish", "thaw_pool_withdraw", "thaw_pool_unpublish"):
         getattr(lib, name).restype = c.c_int
-    for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_pool_restore", "thaw_pool_call",
+    for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_pool_restore", "thaw_pool_call", "thaw_pool_select",
                  "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore", "thaw_restore_checked",
                  "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
         getattr(lib, name).restype = c.c_int
@@ -184,6 +185,24 @@ def pool_default_socket() -> str:
     lib = library()
     out = ctypes.c_void_p()
     _check(lib, lib.thaw_pool_default_socket(ctypes.byref(out)))
+    try:
+        return ctypes.string_at(out).decode("utf-8")
+    finally:
+        lib.thaw_free(out)
+
+
+POOL_UNSPECIFIED, POOL_OFF, POOL_AUTO, POOL_SOCKET = -1, 0, 1, 2
+
+
+def pool_select(mode: int, socket, kind: int, ordinal: int):
+    """The socket a restore goes through (None: none), decided by libthaw's one policy from the
+    caller's mode, $THAW_POOL and the destination; the automatic pool is found or started here.
+    Raises ThawPoolUnavailable when the automatic pool cannot be used (restore from the file)."""
+    lib = library()
+    out = ctypes.c_void_p()
+    _check(lib, lib.thaw_pool_select(mode, None if socket is None else _path(socket), kind, ordinal, ctypes.byref(out)))
+    if not out.value:
+        return None
     try:
         return ctypes.string_at(out).decode("utf-8")
     finally:

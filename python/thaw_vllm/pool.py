@@ -10,11 +10,37 @@ from .errors import ThawPoolUnavailable as PoolUnavailable
 
 log = logging.getLogger("thaw_vllm")
 
-__all__ = ["PoolUnavailable", "default_socket", "restore_tensors", "load", "evict", "status"]
+__all__ = ["PoolUnavailable", "default_socket", "select", "restore_tensors", "load", "evict", "status"]
 
 
 def default_socket() -> str:
     return _native.pool_default_socket()
+
+
+def _mode(pool):
+    """What the caller said, as libthaw's (mode, socket): None nothing, False or "off" no pool,
+    "auto" the automatic pool, True the default socket, else a socket path."""
+    if pool is None:
+        return _native.POOL_UNSPECIFIED, None
+    if pool is False or pool == "off":
+        return _native.POOL_OFF, None
+    if pool == "auto":
+        return _native.POOL_AUTO, None
+    return _native.POOL_SOCKET, None if pool is True else str(pool)
+
+
+def select(pool, device):
+    """The socket to restore through for a destination on device, or None for the file; the one
+    policy (docs/POOL.md, "Automatic mode") lives in libthaw: pool, else $THAW_POOL, else auto for
+    CUDA and off for CPU. The automatic pool is found or started here; raises PoolUnavailable
+    (saying why) when it cannot be used."""
+    if device.type == "cuda":
+        import torch
+        kind, ordinal = _native.DEVICE_CUDA, device.index if device.index is not None else torch.cuda.current_device()
+    else:
+        kind, ordinal = _native.DEVICE_MOCK, 0
+    mode, socket = _mode(pool)
+    return _native.pool_select(mode, socket, kind, ordinal)
 
 
 def _socket(socket_path):

@@ -211,15 +211,8 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     requirements = _requirements(strict, metadata, missing_hint)
     stats = None
     fill = engine_options.pop("pool_fill", True)
-    if pool:
-        from .pool import PoolUnavailable, restore_tensors
-        header = _check_call(path, list(tensors.items()), requirements)
-        regions = {t["name"] for t in header["tensors"]}
-        try:
-            stats = dict(restore_tensors({n: t for n, t in tensors.items() if n in regions}, path,
-                                         None if pool is True else pool, fill, **engine_options), source="pool")
-        except PoolUnavailable as e:
-            log.info("thaw: %s; restoring from the file", e)
+    if tensors:
+        stats, header = _restore_through_pool(tensors, path, pool, fill, requirements, engine_options)
     if stats is None:
         stats, header = _restore(path, tensors, False, engine_options, requirements)
         stats["source"] = "file"
@@ -228,6 +221,28 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)",
              stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"])
     return stats, header
+
+
+def _restore_through_pool(tensors, path, pool, fill, requirements, engine_options):
+    """(stats, header) of a restore through the pool the policy picks (pool.select), or
+    (None, header) after one log line saying why the file serves instead; (None, None) when no
+    pool is asked for. The destination is checked against the snapshot before the pool is asked."""
+    from .pool import PoolUnavailable, restore_tensors, select
+    try:
+        socket = select(pool, next(iter(tensors.values())).device)
+    except PoolUnavailable as e:
+        log.info("thaw: %s; restoring from the file", e)
+        return None, None
+    if socket is None:
+        return None, None
+    header = _check_call(path, list(tensors.items()), requirements)
+    try:
+        regions = {t["name"] for t in header["tensors"]}
+        stats = restore_tensors({n: t for n, t in tensors.items() if n in regions}, path, socket, fill, **engine_options)
+        return dict(stats, source="pool"), header
+    except PoolUnavailable as e:
+        log.info("thaw: %s; restoring from the file", e)
+        return None, header
 
 
 def snapshot_targets(tensors: dict, path, header, strict: bool = True):
@@ -265,10 +280,12 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     "source"}, source being "pool" or "file" (what served the bytes).
     engine_options: io ("auto"|"buffered"|"direct"|"zerocopy"), verify (default: when the snapshot
     records checksums; False skips them), threads, chunk_bytes, staging_bytes.
-    pool: a `thaw pool` socket path (True: the default one) to restore through. A pool that does
+    pool: "auto" (this user's automatic pool, started when none runs), "off" or False, a `thaw pool`
+    socket path (True: the default one); None (the default): $THAW_POOL, else "auto" for CUDA
+    destinations and off for CPU ones (docs/POOL.md, "Automatic mode"). A pool that does
     not hold the snapshot reads it into its memory while serving this restore (stats "via":
     "pool fill"; the next restore is a "pool hit"), unless pool_fill=False; when no pool can serve,
-    one log line says so and the file is read instead.
+    one log line says why and the file is read instead.
     """
     return restore_checked(module_or_state_dict, path, strict, pool, **engine_options)[0]
 

@@ -49,8 +49,8 @@ def _path(key, value):
 
 
 def _pool(key, value):
-    if not isinstance(value, bool) and not isinstance(value, (str, os.PathLike)):
-        raise ValueError(f"load_format='thaw': pool must be true, false or a socket path, not {value!r}")
+    if not isinstance(value, bool) and not (isinstance(value, (str, os.PathLike)) and str(value)):
+        raise ValueError(f"load_format='thaw': pool must be \"auto\", \"off\", true, false or a socket path, not {value!r}")
 
 
 def _multicast(key, value):
@@ -68,7 +68,8 @@ EXTRA_KEYS = {
     "snapshot": ("snapshot file or per-rank directory (from thaw_vllm.freeze_vllm)", _path),
     "checkpoint": ("Hugging Face safetensors checkpoint to stream instead (default: the model's own)", _path),
     "draft_snapshot": ("snapshot of the speculative-decoding draft model (default: <snapshot>/draft when present)", _path),
-    "pool": ("a thaw pool socket to restore through (true: the default socket); falls back to the file", _pool),
+    "pool": ("\"auto\" (this user's automatic pool, started when none runs), \"off\", or a thaw pool socket (true: the "
+             "default socket); default: $THAW_POOL, else auto on CUDA; falls back to the file", _pool),
     "io": ("auto | buffered | direct | zerocopy", _choice("auto", "buffered", "direct", "zerocopy")),
     "verify": ("check every region's CRC32C while restoring (default: on; false turns it off)", _flag),
     "threads": ("reader threads (0: one a core, up to 16)", _count),

@@ -241,6 +241,31 @@ public static unsafe partial class Exports
         return 0;
     });
 
+    /// <summary>Decides whether a restore goes through a pool (<see cref="PoolChoice.Decide(PoolChoice?, DeviceKind)"/>)
+    /// and finds it: <paramref name="mode"/> is what the caller said (-1 nothing: $THAW_POOL, then the
+    /// destination decides; 0 off; 1 auto; 2 the pool on <paramref name="socket"/>, null: the default one).
+    /// *socketOut receives the socket to pass to thaw_pool_restore (release with thaw_free), or null for
+    /// no pool. An automatic pool that cannot be used fails with -<see cref="ThawErrorKind.PoolUnavailable"/>
+    /// and says why: restore from the file.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "thaw_pool_select")]
+    public static int PoolSelect(int mode, byte* socket, int deviceKind, int deviceOrdinal, byte** socketOut) => Guard(() =>
+    {
+        PoolChoice? said = mode switch
+        {
+            -1 => null,
+            0 => PoolChoice.Off,
+            1 => PoolChoice.Auto,
+            2 => new PoolChoice(PoolMode.Socket, socket == null ? null : Text(socket, "socket")),
+            _ => throw new ArgumentException($"pool mode must be -1 (unspecified), 0 (off), 1 (auto) or 2 (socket), not {mode}"),
+        };
+        var kind = (DeviceKind)deviceKind;
+        AutoPoolResult found = PoolChoice.Decide(said, kind).Locate(kind, deviceOrdinal);
+        if (found.Error is not null)
+            throw new PoolUnavailableException(found.Error);
+        *socketOut = found.Socket is null ? null : ToNative(found.Socket);
+        return 0;
+    });
+
     /// <summary>Asks a pool to load, evict or describe (op "status") snapshots; the answer's JSON
     /// (docs/POOL.md) in memory the caller releases with thaw_free.</summary>
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_call")]

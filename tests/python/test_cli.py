@@ -41,7 +41,7 @@ def test_every_command_has_help_that_exits_0(command):
 def test_restore_help_lists_every_flag():
     text = thaw("restore", "--help").stdout
     for flag in ("--device <mock|cuda>", "--ordinal", "--io <auto|buffered|direct|zerocopy>", "--verify", "--no-verify", "--check", "--repeat",
-                 "--pool <SOCKET>", "--threads", "--chunk-mib", "--staging-mib", "--quiet"):
+                 "--pool <auto|off|SOCKET>", "--threads", "--chunk-mib", "--staging-mib", "--quiet"):
         assert flag in text
 
 

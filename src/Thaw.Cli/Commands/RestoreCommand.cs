@@ -19,7 +19,8 @@ internal sealed class RestoreCommand : Command
     private readonly Option<bool> _noVerify = Flags.Switch("--no-verify", "skip the CRC32C check of every region (on by default when the snapshot records checksums)");
     private readonly Option<bool> _check = Flags.Switch("--check", "read the restored bytes back and compare their checksums");
     private readonly Option<long> _repeat = Flags.Integer("--repeat", "restore N times and report each and the median", 1, 1, 1000);
-    private readonly Option<string> _pool = Flags.Text("--pool", "restore through the pool serving on SOCKET (falls back to the file)", "SOCKET");
+    private readonly Option<string> _pool = Flags.Text("--pool", "auto: through this user's automatic pool, started when none runs; off; or the pool serving on SOCKET " +
+        "(default: $THAW_POOL, else auto for cuda and off for mock; falls back to the file, docs/POOL.md)", "auto|off|SOCKET");
     private readonly Option<bool> _noPoolFill = Flags.Switch("--no-pool-fill", "with --pool: when the pool does not hold the snapshot, restore from the file without having the pool read it too");
     private readonly Option<bool> _quiet = Flags.Switch("--quiet", "no progress on stderr");
 
@@ -47,7 +48,7 @@ internal sealed class RestoreCommand : Command
         var progress = new ProgressReporter("restore", parse.GetValue(_quiet) || repeat > 1);
         using ThawEngine engine = _engine.Create(parse);
         Snapshot snapshot = SnapshotReader.Read(parse.GetRequiredValue(_snapshot));
-        if (pool is not null && RestoreThroughPool(engine, snapshot, pool, !parse.GetValue(_noPoolFill), repeat, check))
+        if (PoolSocket(engine, pool) is { } socket && RestoreThroughPool(engine, snapshot, socket, !parse.GetValue(_noPoolFill), repeat, check))
             return 0;
 
         using var cancel = Interrupt.CancelOnCtrlC();
@@ -73,6 +74,16 @@ internal sealed class RestoreCommand : Command
             engine.Free(arena);
         }
         return 0;
+    }
+
+    /// <summary>The socket to restore through, or null: no pool asked for, or (said in one line) none usable.</summary>
+    private static string? PoolSocket(ThawEngine engine, string? argument)
+    {
+        PoolChoice choice = PoolChoice.Decide(argument is null ? null : PoolChoice.Parse(argument), engine.Kind);
+        AutoPoolResult found = choice.Locate(engine.Kind, engine.Ordinal);
+        if (found.Error is not null)
+            Console.Error.WriteLine($"thaw: {found.Error}; restoring from the file");
+        return found.Socket;
     }
 
     /// <summary>False when the pool could not serve every run (it said why): the caller restores from the file.</summary>

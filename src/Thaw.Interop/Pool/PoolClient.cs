@@ -62,6 +62,9 @@ public sealed class PoolClient : IDisposable
         }
     }
 
+    /// <summary>How long <see cref="Send"/> waits for an answer (a probe must not hang on a stuck pool).</summary>
+    public TimeSpan AnswerTimeout { set => _socket.ReceiveTimeout = (int)Math.Clamp(value.TotalMilliseconds, 1, int.MaxValue); }
+
     /// <summary>The uid of the process serving this socket (SO_PEERCRED).</summary>
     public uint PeerUid => PeerCredentials.PeerUid(_socket);
 
@@ -84,11 +87,19 @@ public sealed class PoolClient : IDisposable
     }
 
     /// <summary>Where the pool opens mock clients' shared files (its answer to ping).</summary>
+    /// <exception cref="PoolUnavailableException">The pool went away before answering: restore from the file.</exception>
     public string SharedMemoryDirectory()
     {
-        using JsonDocument ping = Send(PoolProtocol.Write(w => w.WriteString("op", "ping")));
-        return ping.RootElement.TryGetProperty("shm_dir", out JsonElement d) && d.GetString() is { } dir
-            ? dir : PoolProtocol.DefaultSharedMemoryDirectory();
+        try
+        {
+            using JsonDocument ping = Send(PoolProtocol.Write(w => w.WriteString("op", "ping")));
+            return ping.RootElement.TryGetProperty("shm_dir", out JsonElement d) && d.GetString() is { } dir
+                ? dir : PoolProtocol.DefaultSharedMemoryDirectory();
+        }
+        catch (IOException e)
+        {
+            throw new PoolUnavailableException($"the pool on {SocketPath} went away before answering ping ({e.Message})", e);
+        }
     }
 
     /// <summary>Has the pool copy the named tensors of a snapshot into this process's device memory

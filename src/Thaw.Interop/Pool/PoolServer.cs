@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using Thaw.Interop.Restore;
 
 namespace Thaw.Interop.Pool;
 
@@ -13,11 +14,14 @@ public sealed partial class PoolServer : IDisposable
 {
     private readonly SnapshotPool _pool;
     private readonly IReadOnlySet<uint> _allowedUids;
-    private readonly Socket _listener = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+    private Socket? _listener;
     private readonly CancellationTokenSource _stop = new();
     private Task? _acceptLoop;
     private RequestBudget _budget = null!;
     private int _connections;
+    private long _lastActive = Environment.TickCount64;
+    private long _hits, _misses;
+    private (ulong Device, ulong Inode, ulong Changed)? _bound;
 
     /// <summary>Memory a parsed request may take per byte of its line (its targets), reserved while it is handled.</summary>
     private const int ParsingBytesPerLineByte = 4;
@@ -46,6 +50,20 @@ public sealed partial class PoolServer : IDisposable
     /// <summary>What clients may hold: connections, request memory, time (docs/POOL.md, "Limits").</summary>
     public PoolLimits Limits { get; init; } = new();
 
+    /// <summary>Started by a client as the user's automatic pool (docs/POOL.md, "Automatic mode"); told by status.</summary>
+    public bool Auto { get; init; }
+
+    /// <summary>Idle time after which the serving command exits (zero: never); told by status.</summary>
+    public TimeSpan IdleExit { get; init; }
+
+    /// <summary>When the server started.</summary>
+    public DateTime Started { get; } = DateTime.UtcNow;
+
+    /// <summary>How long no connection has been open (zero while one is): a pool that is
+    /// serving, or has a restore in flight, is never idle.</summary>
+    public TimeSpan IdleTime => Volatile.Read(ref _connections) > 0 ? TimeSpan.Zero
+        : TimeSpan.FromMilliseconds(Environment.TickCount64 - Interlocked.Read(ref _lastActive));
+
     /// <summary>Request memory in use across connections (see <see cref="PoolLimits.MaxRequestBytes"/>).</summary>
     public long RequestBytesInUse => _budget?.Used ?? 0;
 
@@ -58,11 +76,12 @@ public sealed partial class PoolServer : IDisposable
                 throw new IOException($"a pool is already serving on {SocketPath}");
             File.Delete(SocketPath);
         }
-        _listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
+        // Bound in the core: a managed socket would delete the file when closed, even a newer pool's.
+        _listener = Thaw.Interop.Native.PosixPaths.Listen(SocketPath, Math.Max(64, Limits.MaxConnections)); // the kernel caps it at somaxconn
         if (!OperatingSystem.IsWindows())
             File.SetUnixFileMode(SocketPath, SocketMode(_allowedUids));
+        _bound = Thaw.Interop.Native.PosixPaths.Identity(SocketPath);
         _budget = new RequestBudget(Limits.MaxRequestBytes);
-        _listener.Listen(Math.Max(64, Limits.MaxConnections)); // the kernel caps it at somaxconn
         _acceptLoop = Task.Run(AcceptLoop);
     }
 
@@ -87,7 +106,7 @@ public sealed partial class PoolServer : IDisposable
             Socket client;
             try
             {
-                client = await _listener.AcceptAsync(_stop.Token);
+                client = await _listener!.AcceptAsync(_stop.Token);
             }
             catch (Exception) when (_stop.IsCancellationRequested)
             {
@@ -125,6 +144,7 @@ public sealed partial class PoolServer : IDisposable
             }
             finally
             {
+                Interlocked.Exchange(ref _lastActive, Environment.TickCount64);
                 Interlocked.Decrement(ref _connections);
             }
         }
@@ -242,6 +262,7 @@ public sealed partial class PoolServer : IDisposable
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);
+                    WriteIdentity(w);
                     w.WriteNumber("budget_bytes", _pool.BudgetBytes);
                     w.WriteNumber("used_bytes", _pool.UsedBytes);
                     w.WriteNumber("connections", Volatile.Read(ref _connections));
@@ -267,8 +288,21 @@ public sealed partial class PoolServer : IDisposable
                 });
             case "restore":
             {
-                var result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device,
-                    new PoolAsk(request.Fill, request.FileIdentity));
+                PoolServedRestore result;
+                try
+                {
+                    result = _pool.Restore(request.SnapshotPath(), request.RestoreTargets(), peer, request.Device,
+                        new PoolAsk(request.Fill, request.FileIdentity));
+                }
+                catch (FileNotFoundException)
+                {
+                    Interlocked.Increment(ref _misses);
+                    throw;
+                }
+                if (result.Filled)
+                    Interlocked.Increment(ref _misses); // not held: read while serving
+                else
+                    Interlocked.Increment(ref _hits);
                 return PoolProtocol.Write(w =>
                 {
                     w.WriteBoolean("ok", true);
@@ -278,6 +312,19 @@ public sealed partial class PoolServer : IDisposable
             default:
                 throw new ArgumentException($"unknown op '{(op.Length > 40 ? op[..40] + "..." : op)}'");
         }
+    }
+
+    /// <summary>Who and what this server is, for status (docs/POOL.md).</summary>
+    private void WriteIdentity(Utf8JsonWriter w)
+    {
+        w.WriteNumber("pid", Environment.ProcessId);
+        w.WriteNumber("uid", PeerCredentials.CurrentUid());
+        w.WriteBoolean("auto", Auto);
+        w.WriteString("socket", SocketPath);
+        w.WriteNumber("idle_exit_s", (long)IdleExit.TotalSeconds);
+        w.WriteString("started", Started.ToString("O"));
+        w.WriteNumber("hits", Interlocked.Read(ref _hits));
+        w.WriteNumber("misses", Interlocked.Read(ref _misses));
     }
 
     internal static uint CurrentUid()
@@ -306,7 +353,7 @@ public sealed partial class PoolServer : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
-        _listener.Dispose();
+        _listener?.Dispose();
         _peers.Dispose();
         try
         {
@@ -315,7 +362,8 @@ public sealed partial class PoolServer : IDisposable
         catch (AggregateException)
         {
         }
-        if (File.Exists(SocketPath))
+        // Only the socket this server bound: a newer server may have replaced a file it thought stale.
+        if (_bound is not null && Thaw.Interop.Native.PosixPaths.Identity(SocketPath) == _bound)
             File.Delete(SocketPath);
     }
 }

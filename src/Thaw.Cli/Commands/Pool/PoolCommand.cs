@@ -16,9 +16,24 @@ internal sealed class PoolCommand : Command
     }
 
     public static Option<string> SocketOption() =>
-        Flags.Text("--socket", $"the pool's socket (default: {PoolProtocol.DefaultSocketPath()})", "PATH");
+        Flags.Text("--socket", $"the pool's socket (default: $THAW_POOL_SOCKET, else the automatic pool's when it exists, else {PoolProtocol.DefaultSocketPath()})", "PATH");
 
     public static string Socket(ParseResult parse, Option<string> option) => parse.GetValue(option) ?? PoolProtocol.DefaultSocketPath();
+
+    /// <summary>The socket a client command talks to: --socket, else $THAW_POOL_SOCKET, else the
+    /// automatic pool's when its socket exists, else the default one.</summary>
+    public static string ClientSocket(ParseResult parse, Option<string> option)
+    {
+        if (parse.GetValue(option) is { } given)
+            return given;
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("THAW_POOL_SOCKET")))
+        {
+            string auto = AutoPoolDirectory.SocketPath();
+            if (Thaw.Interop.Native.PosixPaths.Identity(auto) is not null)
+                return auto;
+        }
+        return PoolProtocol.DefaultSocketPath();
+    }
 
     public static PoolClient Connect(string socket)
     {

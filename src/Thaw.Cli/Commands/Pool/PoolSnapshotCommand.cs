@@ -21,7 +21,7 @@ internal sealed class PoolSnapshotCommand : Command
     private int Run(ParseResult parse)
     {
         string snapshot = System.IO.Path.GetFullPath(parse.GetRequiredValue(_snapshot));
-        using var client = PoolCommand.Connect(PoolCommand.Socket(parse, _socket));
+        using var client = PoolCommand.Connect(PoolCommand.ClientSocket(parse, _socket));
         using JsonDocument r = client.Send(PoolProtocol.Write(w => { w.WriteString("op", Name); w.WriteString("snapshot", snapshot); }));
         Console.Out.WriteLine(Name == "load"
             ? $"pool holds {snapshot} ({Units.Size(r.RootElement.GetProperty("bytes").GetInt64())})"

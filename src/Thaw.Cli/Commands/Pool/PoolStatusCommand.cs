@@ -20,7 +20,7 @@ internal sealed class PoolStatusCommand : Command
 
     private int Run(ParseResult parse)
     {
-        string socket = PoolCommand.Socket(parse, _socket);
+        string socket = PoolCommand.ClientSocket(parse, _socket);
         using var client = PoolCommand.Connect(socket);
         using JsonDocument r = client.Send(PoolProtocol.Write(w => w.WriteString("op", "status")));
         JsonElement root = r.RootElement;
@@ -29,7 +29,7 @@ internal sealed class PoolStatusCommand : Command
             Console.Out.WriteLine(PoolProtocol.Write(w =>
             {
                 w.WriteString("socket", socket);
-                foreach (JsonProperty p in root.EnumerateObject().Where(p => p.Name != "ok"))
+                foreach (JsonProperty p in root.EnumerateObject().Where(p => p.Name is not ("ok" or "socket")))
                     p.WriteTo(w);
             }));
             return 0;
