@@ -288,13 +288,18 @@ def test_a_missing_executable_is_said_and_the_file_restores(tmp_path, home, monk
     assert torch.equal(target["c"], state["c"])
 
 
-def test_the_idle_pool_exits_and_removes_only_its_own_socket(tmp_path, home):
-    server = subprocess.Popen([str(THAW), "pool", "serve", "--auto", "--device", "mock", "--idle-exit-s", "2"],
+def _serve_by_hand(home, *flags):
+    server = subprocess.Popen([str(THAW), "pool", "serve", "--auto", "--device", "mock", *flags],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     home.children.append(server)
     deadline = time.monotonic() + 30
     while not home.socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    return server
+
+
+def test_the_idle_pool_exits_and_removes_only_its_own_socket(tmp_path, home):
+    server = _serve_by_hand(home, "--idle-exit-s", "2")
     status = pool.status(home.socket)
     assert status["auto"] is True and status["idle_exit_s"] == 2 and status["pid"] == server.pid
     out, err = server.communicate(timeout=30)
@@ -302,12 +307,7 @@ def test_the_idle_pool_exits_and_removes_only_its_own_socket(tmp_path, home):
     assert not home.socket.exists()
 
     # A second server whose socket was replaced (a newer server's) leaves the newer one alone.
-    server = subprocess.Popen([str(THAW), "pool", "serve", "--auto", "--device", "mock", "--idle-exit-s", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    home.children.append(server)
-    deadline = time.monotonic() + 30
-    while not home.socket.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server = _serve_by_hand(home, "--idle-exit-s", "2")
     pool.status(home.socket)
     home.socket.unlink()
     newer = socket.socket(socket.AF_UNIX)
