@@ -206,7 +206,7 @@ def main():
         return {t["name"]: torch.empty(t["shape"], dtype=torch.float16, device="cuda") for t in header["tensors"]}
 
     def thaw_restore_into(state):
-        return thaw_vllm.restore_into(state, snapshot)
+        return thaw_vllm.restore_into(state, snapshot, pool="off")  # the file path (CUDA's default is the automatic pool)
 
     # (name, setup, timed function, warm runs); setup runs before the clock starts.
     methods = [("thaw", None, thaw_load, args.warm_runs),
@@ -259,7 +259,7 @@ def main():
     if cold_ceiling:
         table[("cold", "disk O_DIRECT read alone (ceiling)")] = cold_ceiling
 
-    cli = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "cuda", "--io", "buffered", "--repeat", "5", "--check", "--quiet"],
+    cli = subprocess.run([str(THAW), "restore", str(snapshot), "--device", "cuda", "--pool", "off", "--io", "buffered", "--repeat", "5", "--check", "--quiet"],
                          capture_output=True, text=True)
     log(cli.stdout + cli.stderr)
     results["cli_restore"] = cli.stdout

@@ -128,7 +128,7 @@ def main():
     torch.cuda.empty_cache()
     warm_up([snapshot])
     table["thaw direct from the file, warm (preallocated tensors)"] = [
-        timed(lambda: thaw_vllm.restore_into(state, snapshot, io="buffered"))[0] for _ in range(args.runs)]
+        timed(lambda: thaw_vllm.restore_into(state, snapshot, io="buffered", pool="off"))[0] for _ in range(args.runs)]
     warm_up(shards)
 
     def safetensors_load():
