@@ -132,10 +132,11 @@ def test_racing_processes_start_exactly_one_pool(tmp_path, home):
 
 def test_a_second_fresh_process_hits_the_pool(tmp_path, home, shared, caplog):
     state, snapshot = _snapshot(tmp_path)
-    first = _restore_cli(snapshot)  # starts the pool; it does not hold the snapshot yet
-    assert "restoring from the file" in first.stderr and "bit-identical" in first.stdout
-    # `thaw pool load` with no socket named talks to the automatic pool.
-    subprocess.run([str(THAW), "pool", "load", str(snapshot)], check=True, capture_output=True, timeout=60)
+    first = _restore_cli(snapshot)  # starts the pool, which fills itself while serving
+    assert "through the pool" in first.stdout and "bit-identical" in first.stdout, first.stderr
+    # `thaw pool load` with no socket named talks to the automatic pool (a no-op: held).
+    assert "pool holds" in subprocess.run([str(THAW), "pool", "load", str(snapshot)], check=True, capture_output=True,
+                                          text=True, timeout=60).stdout
     second = _restore_cli(snapshot)
     assert "through the pool" in second.stdout and "bit-identical" in second.stdout and "restoring from the file" not in second.stderr
     _, target = shared(thaw_vllm.info(snapshot))
@@ -342,3 +343,45 @@ def test_the_loader_accepts_pool_auto():
     vllm_loader.validate_extra_config({"snapshot": "/x", "pool": "off"})
     with pytest.raises(ValueError, match="auto"):
         vllm_loader.validate_extra_config({"snapshot": "/x", "pool": 3})
+
+
+def test_the_executable_beside_libthaw_is_found(tmp_path, home, monkeypatch):
+    # libthaw.so of a source tree is build/publish/pybridge/libthaw.so; the CLI beside it build/publish/cli/thaw.
+    library = Path(os.environ.get("THAW_LIBRARY", REPO / "build" / "publish" / "pybridge" / "libthaw.so")).resolve()
+    if library.parent.parent / "cli" / "thaw" != THAW.resolve() and library.parent.parent / "bin" / "thaw" != THAW.resolve():
+        pytest.skip(f"libthaw.so at {library} has no thaw executable beside it")
+    monkeypatch.delenv("THAW_EXECUTABLE")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find there
+    assert pool.select("auto", torch.device("cpu")) == str(home.socket)
+    (pid,) = home.started_pids()
+    assert Path(f"/proc/{pid}/exe").resolve() == THAW.resolve()
+
+
+def test_a_starter_waits_for_the_lock_and_then_starts_the_pool(tmp_path, home):
+    import fcntl
+    _, snapshot = _snapshot(tmp_path)
+    home.dir.mkdir(mode=0o700)
+    with open(home.dir / "pool.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another starter at work
+        waiting = subprocess.Popen([str(THAW), "restore", str(snapshot), "--device", "mock", "--pool", "auto", "--check"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert waiting.poll() is None and not home.started_pids(), "nothing starts while the lock is held"
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and "bit-identical" in out, err
+    assert len(home.started_pids()) == 1 and pool.status(home.socket)["pid"] == home.started_pids()[0]
+
+
+def test_a_snapshot_over_the_budget_is_refused_and_the_file_restores(tmp_path, home, monkeypatch, shared, caplog):
+    monkeypatch.setenv("THAW_POOL_BUDGET_MIB", "1")
+    state, snapshot = _snapshot(tmp_path, elements=1 << 20)  # 4 MiB
+    socket_path = pool.select("auto", torch.device("cpu"))
+    with pytest.raises(thaw_vllm.ThawError, match="budget"):
+        pool.load(snapshot, socket_path)
+    _, target = shared(thaw_vllm.info(snapshot))
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        stats = thaw_vllm.restore_into(target, snapshot, pool="auto")
+    lines = _fallback_lines(caplog)
+    assert stats["source"] == "file" and len(lines) == 1 and ("does not hold" in lines[0] or "budget" in lines[0]), lines
+    assert torch.equal(target["a"], state["a"])
+    assert pool.status(socket_path)["budget_bytes"] == 1 << 20
