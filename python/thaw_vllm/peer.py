@@ -117,19 +117,23 @@ def publish(model_or_tensors, snapshot, pool=True, allow_uids=(), snapshot_ident
     """Offers the tensors of a module or state dict that hold the snapshot's bytes (after restoring
     it) to the pool, for new processes restoring the same snapshot.
 
-    pool: the pool's socket path (True: the default socket). allow_uids: uids besides this process's
+    pool: the pool's socket path (True: the default socket; "auto": this user's automatic pool,
+    started when none runs). allow_uids: uids besides this process's
     own that may be served from this memory. snapshot_identity: identity(snapshot) taken before the
     bytes were restored (default: the file's identity now). mock_device: which mock device CPU tensors stand on.
     Raises ThawPoolUnavailable when no pool listens or the tensors cannot be published, and the pool's
     refusal otherwise (ThawMismatchError: the file on disk is another version, a tensor does not fit).
     """
-    from .pool import _socket
+    from .pool import PoolUnavailable, select
     from .torch_io import _device_request
     tensors = _published_tensors(model_or_tensors, snapshot)
     uids = [int(u) for u in allow_uids]
     if any(not 0 <= u < 2 ** 32 - 1 for u in uids):
         raise ValueError(f"allow_uids: uids from 0 to {2 ** 32 - 2}, not {uids}")
     device = next(iter(tensors.values())).device
+    socket = select(True if pool is None else pool, device)
+    if socket is None:
+        raise PoolUnavailable(f"publishing {snapshot} needs a pool, and pool is off")
     handle, generation = _native.pool_publish(
-        _socket(pool), snapshot, _device_request(device, mock_device=mock_device), snapshot_identity or identity(snapshot), uids, *_arrays(tensors))
+        socket, snapshot, _device_request(device, mock_device=mock_device), snapshot_identity or identity(snapshot), uids, *_arrays(tensors))
     return Publication(handle, snapshot, generation, tensors)
