@@ -74,6 +74,7 @@ internal static unsafe class FillThrough
             }
         }
 
+        Task readAhead = ReadAhead.Start(snapshot.Path, snapshot.DataOffset, snapshot.DataLength, stop.Token);
         Task pinner = Task.Factory.StartNew(() => Stage(() =>
         {
             foreach (Batch b in batches)
@@ -115,6 +116,8 @@ internal static unsafe class FillThrough
             }
         });
         Task.WaitAll(pinner, copier);
+        stop.Cancel(); // the read is over: no more advice
+        readAhead.Wait();
         if (failure is not null)
             ExceptionDispatchInfo.Throw(failure);
         return bytesRead;
