@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ from pool_server import running_pool  # noqa: E402
 
 THAW = Path(os.environ.get("THAW_CLI", ROOT / "build" / "publish" / "cli" / "thaw"))
 PINNED_CEILING = Path(os.environ.get("THAW_PINNED_CEILING", ROOT / "build" / "native" / "bench" / "pinned_ceiling"))
-POLICIES = ("direct", "buffered", "auto", "pool", "pool-cached")
+POLICIES = ("direct", "buffered", "auto", "pool", "pool-cached", "default")
+# "default": restore_into with nothing said, in a fresh XDG_RUNTIME_DIR: on CUDA the automatic pool
+# starts itself (docs/POOL.md, "Automatic mode"); asked for with --policies, CUDA only.
+DEFAULT_POLICIES = POLICIES[:5]
 
 # One restart: a fresh interpreter that imports torch and thaw_vllm, preallocates the tensors and
 # restores into them; prints one JSON line. On the mock device the tensors are views of a file
@@ -59,7 +63,10 @@ else:
     targets = {t["name"]: memory[t["offset"]:t["offset"] + t["length"]].view(torch_io.torch_dtype(t["dtype"])).reshape(t["shape"])
                for t in header["tensors"]}
 allocated = time.perf_counter()
-if cfg["policy"].startswith("pool"):
+if cfg["policy"] == "default":
+    stats = thaw_vllm.restore_into(targets, cfg["snapshot"])
+    result = {"bytes": stats["bytes"], "seconds": stats["seconds"], "via": stats.get("via", stats.get("source")), "io": None}
+elif cfg["policy"].startswith("pool"):
     stats = pool.restore_tensors(targets, cfg["snapshot"], cfg["socket"])
     result = {"bytes": stats["bytes"], "seconds": stats["seconds"], "via": stats["via"], "io": None}
 else:
@@ -140,10 +147,11 @@ def evict(path: Path, how: str) -> dict:
     return {"eviction": "+".join(used) or "none", "resident_after_eviction": resident_fraction(path)}
 
 
-def restart(cfg: dict) -> dict:
+def restart(cfg: dict, env=None) -> dict:
     """One fresh process; its own figures plus the wall time from spawn to exit."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True,
+                         env=None if env is None else dict(os.environ, **env))
     wall = time.perf_counter() - started
     if out.returncode != 0:
         return {"error": (out.stderr or out.stdout)[-2000:], "process_wall_s": wall}
@@ -163,6 +171,17 @@ def pinned_ceiling(device: str):
     return (max(figures) if figures else None), out.stdout + out.stderr
 
 
+def stop_automatic_pool(socket_path: Path, record: dict):
+    """Records what the automatic pool held, then stops it (SIGTERM: it unpins and removes its socket)."""
+    if not socket_path.exists():
+        record["pool_status"] = "no automatic pool started"
+        return
+    from thaw_vllm import pool
+    status = pool.status(socket_path)
+    record["pool_status"] = status["snapshots"]
+    os.kill(status["pid"], signal.SIGTERM)
+
+
 def one_round(policy: str, snapshot: Path, args, work: Path, out: Path) -> dict:
     """Evict, then a cold and a warm fresh process (the pool: a fresh, empty pool for the round)."""
     cfg = {"python": str(ROOT / "python"), "device": args.device, "snapshot": str(snapshot), "policy": policy,
@@ -177,11 +196,20 @@ def one_round(policy: str, snapshot: Path, args, work: Path, out: Path) -> dict:
             record.update(eviction="none (read into the page cache)", resident_after_eviction=resident_fraction(snapshot))
         else:
             record.update(evict(snapshot, args.evict))
-        record["cold"] = restart(cfg)
+        record["cold"] = restart(cfg, env)
         record["resident_after_cold"] = resident_fraction(snapshot)
-        record["warm"] = restart(cfg)
+        record["warm"] = restart(cfg, env)
 
-    if policy.startswith("pool"):
+    env = None
+    if policy == "default":
+        runtime = work / f"xdg-{time.monotonic_ns()}"  # a fresh automatic pool for the round
+        runtime.mkdir(mode=0o700, parents=True)
+        env = {"XDG_RUNTIME_DIR": str(runtime)}
+        try:
+            cold_then_warm()
+        finally:
+            stop_automatic_pool(runtime / "thaw" / "pool.sock", record)
+    elif policy.startswith("pool"):
         budget_mib = int(snapshot.stat().st_size / (1 << 20)) + 1024
         with running_pool(THAW, work / "pool.sock", budget_mib, device=args.device, extra_args=("--shm-dir", str(work / "shm"))):
             cold_then_warm()
@@ -222,7 +250,7 @@ def main(argv=None):
     ap.add_argument("--gb", type=float, default=16.0, help="size of the generated snapshot (default 16)")
     ap.add_argument("--snapshot", help="use this snapshot instead of generating one")
     ap.add_argument("--workdir", default="/tmp/thaw-warm-restart")
-    ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}")
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}")
     ap.add_argument("--evict", choices=("all", "fadvise"), default="all",
                     help="all: drop_caches (as root) and fadvise DONTNEED; fadvise: only the snapshot's pages (tests)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds (each policy once a round, interleaved); medians reported")
