@@ -352,8 +352,10 @@ public sealed unsafe class SnapshotPool : IDisposable
             return _entries.Select(kv => Info(kv.Key, kv.Value)).OrderBy(i => i.Path, StringComparer.Ordinal).ToList();
     }
 
-    /// <summary>Most distinct allocations one restore may open.</summary>
-    public const int MaxHandlesPerRestore = 1024;
+    /// <summary>Most distinct allocations one restore may open. torch gives every large tensor an
+    /// allocation of its own: 1024 refused the 16 GB `thaw generate` model on the H200 (and would
+    /// refuse a large MoE model's parameters); each handle costs the pool about 0.1 ms.</summary>
+    public const int MaxHandlesPerRestore = 16384;
 
     /// <summary>Copies the named tensors from pinned memory into the peer's allocations, on the engine of
     /// the device the client named (<paramref name="device"/>; null: the default device). Every target
