@@ -10,11 +10,6 @@ namespace Thaw.Tests;
 [TestFixture, Platform("Linux")]
 public sealed unsafe partial class ReadAheadTests
 {
-    private const int DontNeed = 4;
-
-    [LibraryImport("libc.so.6", EntryPoint = "posix_fadvise")]
-    private static partial int PosixFadvise(SafeFileHandle fd, long offset, long length, int advice);
-
     [LibraryImport("libc.so.6", EntryPoint = "mincore")]
     private static partial int Mincore(byte* address, nuint length, byte* vector);
 
@@ -50,7 +45,7 @@ public sealed unsafe partial class ReadAheadTests
             f.Flush(flushToDisk: true);
         }
         using (SafeFileHandle h = File.OpenHandle(path))
-            PosixFadvise(h, 0, 0, DontNeed);
+            ReadAhead.PosixFadvise(h, 0, 0, ReadAhead.DontNeed);
         if (Resident(path, length) > 0.1)
             Assert.Inconclusive("this file system keeps the pages: eviction cannot be checked here");
         ReadAhead.Start(path, 0, length, CancellationToken.None).Wait();

@@ -9,11 +9,11 @@ namespace Thaw.Interop.Pool;
 /// buffered restore reached 1.98). Advice only: a failure costs speed, never bytes.</summary>
 internal static partial class ReadAhead
 {
-    private const int WillNeed = 3; // POSIX_FADV_WILLNEED on Linux
+    internal const int WillNeed = 3, DontNeed = 4; // POSIX_FADV_* on Linux
     private const long Step = 4L << 20; // small: some kernels read only a few MiB of one call's range
 
     [LibraryImport("libc.so.6", EntryPoint = "posix_fadvise")] // glibc; elsewhere the advice is skipped
-    private static partial int PosixFadvise(SafeFileHandle fd, long offset, long length, int advice);
+    internal static partial int PosixFadvise(SafeFileHandle fd, long offset, long length, int advice);
 
     /// <summary>Starts advising [offset, offset + length) of <paramref name="path"/>; stops at the end or when cancelled.</summary>
     public static Task Start(string path, long offset, long length, CancellationToken stop) =>

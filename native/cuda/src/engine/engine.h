@@ -66,6 +66,17 @@ double thaw_now_seconds(void);
 /* The size of the pieces the pool's copies are cut into (THAWCORE_COPY_PIECE_MIB, else 64 MiB). */
 uint64_t thaw_pool_copy_piece(void);
 
+/* Moves *copy to the copy that piece number `piece` belongs to, where piece_start[i] is the first
+ * piece of copy i (one entry more than there are copies); lanes take pieces in rising order, so the
+ * cursor they keep moves a little each time. */
+static inline void thaw_copy_of_piece(const uint64_t *piece_start, uint64_t piece, uint32_t *copy)
+{
+    while (piece_start[*copy + 1] <= piece)
+        (*copy)++;
+    while (piece_start[*copy] > piece)
+        (*copy)--;
+}
+
 /* The io mode for AUTO: the fraction of the range in page cache (-1 unknown), its
  * length, and the memory available to the page cache (0 unknown). */
 int thaw_pick_io_mode(double resident, uint64_t span, uint64_t memory_available);

@@ -154,10 +154,7 @@ static void *peer_lane_main(void *arg)
         uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
         if (piece >= total)
             break;
-        while (job->piece_start[copy + 1] <= piece)
-            copy++;
-        while (job->piece_start[copy] > piece)
-            copy--;
+        thaw_copy_of_piece(job->piece_start, piece, &copy);
         uint32_t a = job->allocation_of_copy[copy];
         if (atomic_load(&job->state[a]) == UNOPENED) {
             open_through(job, a, &open_s); /* never wait for an allocation nobody has claimed */

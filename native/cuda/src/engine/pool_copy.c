@@ -46,10 +46,7 @@ static void *copy_lane_main(void *arg)
         uint64_t piece = atomic_fetch_add(&job->next_piece, 1);
         if (piece >= total)
             break;
-        while (job->piece_start[copy + 1] <= piece)
-            copy++;
-        while (job->piece_start[copy] > piece)
-            copy--;
+        thaw_copy_of_piece(job->piece_start, piece, &copy);
         const thawcore_copy *c = &job->copies[copy];
         uint64_t offset = (piece - job->piece_start[copy]) * job->piece;
         uint64_t n = c->length - offset < job->piece ? c->length - offset : job->piece;
