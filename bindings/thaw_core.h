@@ -293,10 +293,12 @@ typedef struct thawcore_file_identity {
 int thawcore_file_identity_of(const char *path, thawcore_file_identity *out);
 
 /* Starts argv[0] (an absolute path; argv NULL-terminated) detached from the caller: fork,
- * setsid, fork, exec, with stdin from /dev/null and stdout/stderr appended to log_path
- * (created 0600). The intermediate child is reaped; the caller's signal handlers are left
- * alone. Returns 0 and the new process's pid, or -errno when fork, setsid or exec failed. */
-int thawcore_spawn_detached(const char *const *argv, const char *log_path, int32_t *pid_out);
+ * setsid, fork, exec, with stdin from /dev/null, stdout/stderr appended to log_path (created
+ * 0600), / as its working directory, and the caller's environment less the variables named
+ * in withheld (NULL-terminated; NULL: none withheld). The intermediate child is reaped; the
+ * caller's signal handlers are left alone. Returns 0 and the new process's pid, or -errno
+ * when fork, setsid or exec failed. */
+int thawcore_spawn_detached(const char *const *argv, const char *const *withheld, const char *log_path, int32_t *pid_out);
 
 /* Checks that path (absolute) is a directory, not a symbolic link (lstat), owned by the
  * calling uid, without group or other permissions; with create, makes it 0700 first when

@@ -235,7 +235,7 @@ internal static partial class Interop
         internal static partial int EngineDeviceMemory(EngineHandle engine, out ulong freeBytes, out ulong totalBytes);
 
         [LibraryImport(Library, EntryPoint = "thawcore_spawn_detached", StringMarshalling = StringMarshalling.Utf8)]
-        internal static unsafe partial int SpawnDetached(byte** argv, string logPath, out int pid);
+        internal static unsafe partial int SpawnDetached(byte** argv, byte** withheld, string logPath, out int pid);
 
         [LibraryImport(Library, EntryPoint = "thawcore_private_directory", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int PrivateDirectory(string path, int create);

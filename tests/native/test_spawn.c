@@ -1,5 +1,6 @@
 /* thawcore_spawn_detached: the program runs in its own session, not as our child, with stdin
- * from /dev/null and output in the log; an exec failure comes back as -errno; no zombie is left. */
+ * from /dev/null, output in the log, / as its directory and the environment less the withheld
+ * names; an exec failure comes back as -errno; no zombie is left. */
 #define _GNU_SOURCE
 #include "helpers.h"
 
@@ -43,13 +44,20 @@ int main(void)
     /* A leaked descriptor without CLOEXEC must not reach the program. */
     int leaked = open("/dev/null", O_RDONLY);
     CHECK(leaked >= 0);
-    char script[512];
+    char script[1024];
     snprintf(script, sizeof script,
              "echo stdin=$(readlink /proc/self/fd/0); echo sid=$(cut -d' ' -f6 /proc/self/stat) pid=$$; "
-             "test -e /proc/self/fd/%d && echo leaked; echo done", leaked);
+             "test -e /proc/self/fd/%d && echo leaked; echo cwd=$(pwd -P); "
+             "echo drop=${THAW_SPAWN_DROP-unset} keep=${THAW_SPAWN_DROP_NOT-unset} prefix=${THAW_SPAWN-unset}; echo done", leaked);
     const char *argv[] = { "/bin/sh", "-c", script, NULL };
+    /* Only exact names are withheld: neither a longer name nor a name's prefix is. */
+    CHECK(setenv("THAW_SPAWN_DROP", "gone", 1) == 0 && setenv("THAW_SPAWN_DROP_NOT", "kept", 1) == 0);
+    CHECK(setenv("THAW_SPAWN", "kept-too", 1) == 0);
+    const char *withheld[] = { "THAW_SPAWN_DRO", "THAW_SPAWN_DROP", "THAW_SPAWN_DROP_NOT_EITHER", NULL };
+    CHECK(chdir(dir) == 0);
     int32_t pid = 0;
-    CHECK(thawcore_spawn_detached(argv, log_path, &pid) == 0);
+    CHECK(thawcore_spawn_detached(argv, withheld, log_path, &pid) == 0);
+    CHECK(getenv("THAW_SPAWN_DROP") && strcmp(getenv("THAW_SPAWN_DROP"), "gone") == 0); /* ours is untouched */
     CHECK(pid > 0);
     /* The intermediate child was reaped, and the program is not our child. */
     CHECK(waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD);
@@ -65,14 +73,16 @@ int main(void)
     CHECK(program == pid);
     CHECK(sid != getsid(0) && sid != pid);
     CHECK(!strstr(text, "leaked"));
+    CHECK(strstr(text, "cwd=/\n"));
+    CHECK(strstr(text, "drop=unset keep=kept prefix=kept-too\n"));
     struct stat st;
     CHECK(stat(log_path, &st) == 0 && (st.st_mode & 0777) == 0600);
 
     const char *missing[] = { "/nonexistent/thaw", "pool", NULL };
-    CHECK(thawcore_spawn_detached(missing, log_path, &pid) == -ENOENT);
+    CHECK(thawcore_spawn_detached(missing, NULL, log_path, &pid) == -ENOENT);
     CHECK(strstr(thawcore_last_error(), "/nonexistent/thaw") && strstr(thawcore_last_error(), "exec"));
     const char *relative[] = { "thaw", NULL };
-    CHECK(thawcore_spawn_detached(relative, log_path, &pid) == -EINVAL);
+    CHECK(thawcore_spawn_detached(relative, NULL, log_path, &pid) == -EINVAL);
     CHECK(waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD);
 
     close(leaked);

@@ -385,3 +385,48 @@ def test_a_snapshot_over_the_budget_is_refused_and_the_file_restores(tmp_path, h
     assert stats["source"] == "file" and len(lines) == 1 and ("does not hold" in lines[0] or "budget" in lines[0]), lines
     assert torch.equal(target["a"], state["a"])
     assert pool.status(socket_path)["budget_bytes"] == 1 << 20
+
+
+def _environment_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(e.decode().split("=", 1) for e in f.read().split(b"\0") if e)
+
+
+def test_the_pool_serves_every_gpu_whatever_its_starter_saw(tmp_path, home, monkeypatch):
+    # A rank of a job started with one GPU visible, under a profiler, starts the pool: the pool
+    # must not keep that rank's view (docs/POOL.md, "Automatic mode", What the pool inherits).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
+    monkeypatch.setenv("LD_PRELOAD", "libm.so.6")
+    monkeypatch.setenv("CUDA_INJECTION64_PATH", str(tmp_path / "libinjection.so"))
+    monkeypatch.setenv("THAWCORE_POOL_OPEN", "serial")
+    monkeypatch.setenv("THAW_TEST_SENTINEL", "kept")
+    monkeypatch.chdir(tmp_path)
+    assert pool.select("auto", torch.device("cpu")) == str(home.socket)
+    status = json.loads(subprocess.run([str(THAW), "pool", "status", "--json"], capture_output=True, text=True,
+                                       check=True, timeout=60).stdout)
+    assert status["pid"] == home.started_pids()[0]
+    environment = _environment_of(status["pid"])
+    for withheld in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_LAUNCH_BLOCKING",
+                     "LD_PRELOAD", "CUDA_INJECTION64_PATH"):
+        assert withheld not in environment, withheld
+    assert environment["THAW_POOL_BUDGET_MIB"] == "1024" and status["budget_bytes"] == 1024 << 20
+    assert environment["THAWCORE_POOL_OPEN"] == "serial" and environment["THAW_TEST_SENTINEL"] == "kept"
+    assert environment["XDG_RUNTIME_DIR"] == str(home.runtime) and environment["PATH"] == os.environ["PATH"]
+    assert os.readlink(f"/proc/{status['pid']}/cwd") == "/", "the pool keeps no starter's directory busy"
+    assert [d["device"] for d in status["devices"]] == ["mock-0"]
+
+
+def test_the_default_device_is_named_by_identity(tmp_path, home):
+    server = _serve_by_hand(home, "--device-id", "mock-3", "--ordinal", "1")
+    status = pool.status(home.socket)
+    assert status["pid"] == server.pid and [(d["device"], d["ordinal"]) for d in status["devices"]] == [("mock-3", 3)]
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=30)
+    refused = subprocess.run([str(THAW), "pool", "serve", "--auto", "--device", "mock", "--device-id", "GPU-0000"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--device-id GPU-0000 is no mock device" in refused.stderr, refused.stderr
+    assert not home.socket.exists()
+

@@ -37,19 +37,24 @@ internal static unsafe class PosixPaths
         }
     }
 
-    /// <summary>Starts <paramref name="argv"/> (argv[0] an absolute path) in a session of its own,
-    /// its output appended to <paramref name="logPath"/>; returns its pid.</summary>
+    /// <summary>Starts <paramref name="argv"/> (argv[0] an absolute path) in a session of its own, in /,
+    /// its output appended to <paramref name="logPath"/>, with this process's environment less the
+    /// variables named in <paramref name="withheld"/>; returns its pid.</summary>
     /// <exception cref="IOException">Fork or exec failed (FileNotFoundException: no such program).</exception>
-    public static int SpawnDetached(IReadOnlyList<string> argv, string logPath)
+    public static int SpawnDetached(IReadOnlyList<string> argv, IReadOnlyList<string> withheld, string logPath)
     {
-        var strings = new nint[argv.Count + 1];
+        // The environment itself is read by the core from environ: enumerating it here would freeze
+        // .NET's copy, and a host (Python) changing a variable later would no longer be seen.
+        var strings = new nint[argv.Count + 1 + withheld.Count + 1];
         try
         {
             for (int i = 0; i < argv.Count; i++)
                 strings[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
+            for (int i = 0; i < withheld.Count; i++)
+                strings[argv.Count + 1 + i] = Marshal.StringToCoTaskMemUTF8(withheld[i]);
             fixed (nint* p = strings)
             {
-                NativeErrors.Check(Core.SpawnDetached((byte**)p, logPath, out int pid));
+                NativeErrors.Check(Core.SpawnDetached((byte**)p, (byte**)(p + argv.Count + 1), logPath, out int pid));
                 return pid;
             }
         }

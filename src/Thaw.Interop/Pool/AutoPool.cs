@@ -68,13 +68,16 @@ public static class AutoPool
         if (ThawExecutable.Locate(out string? why) is not { } executable)
             return AutoPoolResult.Refused($"cannot start the automatic pool: {why}");
         string log = Path.Combine(directory, AutoPoolDirectory.LogName);
-        string[] argv = [executable, "pool", "serve", "--auto", "--device", kind.ToString().ToLowerInvariant(), "--ordinal", ordinal.ToString(System.Globalization.CultureInfo.InvariantCulture)];
         int pid;
         try
         {
-            pid = PosixPaths.SpawnDetached(argv, log);
+            // By identity, not ordinal: the pool does not inherit CUDA_VISIBLE_DEVICES, so our
+            // ordinal may name another GPU there.
+            string device = ThawEngine.DeviceIdentity(kind, ordinal);
+            string[] argv = [executable, "pool", "serve", "--auto", "--device", kind.ToString().ToLowerInvariant(), "--device-id", device];
+            pid = PosixPaths.SpawnDetached(argv, AutoPoolEnvironment.Withheld, log);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or ThawException)
         {
             return AutoPoolResult.Refused($"cannot start the automatic pool: {e.Message}");
         }

@@ -86,8 +86,7 @@ public sealed class DeviceEngines : IDisposable
             {
                 // Enumerated once: an identity is looked up without a context, and a device that
                 // is not there now will not appear while the pool runs.
-                _ordinals ??= Enumerable.Range(0, ThawEngine.DeviceCount(_kind))
-                    .ToDictionary(o => ThawEngine.DeviceIdentity(_kind, o), o => o, StringComparer.Ordinal);
+                _ordinals ??= Ordinals(_kind);
                 if (!_ordinals.TryGetValue(identity, out int ordinal))
                     throw new ThawMismatchException($"device: '{Shorten(identity)}' is no device this pool serves " +
                         $"({_kind.ToString().ToLowerInvariant()}: {string.Join(", ", _ordinals.Keys)})");
@@ -108,6 +107,14 @@ public sealed class DeviceEngines : IDisposable
             throw;
         }
     }
+
+    /// <summary>The ordinal in this process's numbering of the device named <paramref name="identity"/>,
+    /// or null when it is no device of this node.</summary>
+    public static int? OrdinalOf(DeviceKind kind, string identity) =>
+        Ordinals(kind).TryGetValue(identity, out int ordinal) ? ordinal : null;
+
+    private static Dictionary<string, int> Ordinals(DeviceKind kind) =>
+        Enumerable.Range(0, ThawEngine.DeviceCount(kind)).ToDictionary(o => ThawEngine.DeviceIdentity(kind, o), o => o, StringComparer.Ordinal);
 
     private static string Shorten(string text) => text.Length > 64 ? text[..64] + "..." : text;
 

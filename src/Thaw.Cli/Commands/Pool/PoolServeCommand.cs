@@ -11,6 +11,7 @@ internal sealed class PoolServeCommand : Command
     private readonly Option<string> _socket = PoolCommand.SocketOption();
     private readonly Option<DeviceKind?> _device = Flags.Choice<DeviceKind>("--device", "device whose pinned memory holds the snapshots (default: cuda when a GPU is present, else mock)");
     private readonly Option<long> _ordinal = Flags.Integer("--ordinal", "the default device: serves clients that do not say which device their memory is on (every device of the node is served)", 0, 0, 1024);
+    private readonly Option<string> _deviceId = Flags.Text("--device-id", "the default device by its identity, as restore requests name it (a GPU's UUID, or mock-N); wins over --ordinal", "ID");
     private readonly Option<long> _budgetMib = Flags.Integer("--budget-mib",
         $"pinned memory the pool may hold (default: ${PoolBudget.EnvironmentVariable}, else half of MemAvailable with --auto, else 32768)",
         PoolBudget.FixedDefaultBytes >> 20, 1, 1L << 30);
@@ -29,6 +30,7 @@ internal sealed class PoolServeCommand : Command
         Add(_socket);
         Add(_device);
         Add(_ordinal);
+        Add(_deviceId);
         Add(_budgetMib);
         Add(_auto);
         Add(_idleExit);
@@ -54,7 +56,7 @@ internal sealed class PoolServeCommand : Command
             throw new ArgumentException("--auto serves on the per-user socket; leave out --socket");
         string socket = auto ? AutoSocket() : PoolCommand.Socket(parse, _socket);
         DeviceKind device = parse.GetValue(_device) ?? EngineFlags.GpuIfPresent();
-        int ordinal = (int)parse.GetValue(_ordinal);
+        int ordinal = parse.GetValue(_deviceId) is { } id ? OrdinalOf(device, id) : (int)parse.GetValue(_ordinal);
         long budget = Budget(parse, auto);
         long idleExit = parse.GetResult(_idleExit) is { Implicit: false } || !auto ? parse.GetValue(_idleExit) : 600;
         string shmDir = System.IO.Path.GetFullPath(parse.GetValue(_shmDir) ?? PoolProtocol.DefaultSharedMemoryDirectory());
@@ -100,6 +102,10 @@ internal sealed class PoolServeCommand : Command
                 return $"idle for {idleExitSeconds} s";
         return "signal";
     }
+
+    private static int OrdinalOf(DeviceKind device, string identity) =>
+        DeviceEngines.OrdinalOf(device, identity)
+        ?? throw new ArgumentException($"--device-id {identity} is no {device.ToString().ToLowerInvariant()} device of this node");
 
     private static string AutoSocket()
     {
