@@ -14,6 +14,9 @@ __all__ = ["PoolUnavailable", "default_socket", "select", "restore_tensors", "lo
 
 
 def default_socket() -> str:
+    """The socket load, evict, status and restore_tensors talk to when given none: $THAW_POOL_SOCKET,
+    else this user's automatic pool's (the one pool="auto" uses) when its socket exists, else the
+    fixed per-user default (docs/POOL.md, "Automatic mode"). Looking starts no pool."""
     return _native.pool_default_socket()
 
 
@@ -44,11 +47,13 @@ def select(pool, device):
 
 
 def _socket(socket_path):
+    # None reaches libthaw as NULL, which resolves default_socket() itself.
     return None if socket_path in (None, True) else str(socket_path)
 
 
 def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True, **engine_options) -> dict:
-    """Restores tensors (all on one device) through the pool; raises PoolUnavailable to fall back.
+    """Restores tensors (all on one device) through the pool (socket_path None: default_socket());
+    raises PoolUnavailable to fall back.
 
     fill: when the pool does not hold the snapshot (or its copy no longer matches the file), it
     reads the file into its memory while serving this restore ("pool fill"); False: it answers
@@ -85,14 +90,16 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True
 
 
 def load(snapshot, socket_path=None) -> dict:
-    """Has the pool read a snapshot into its memory (a no-op when held)."""
+    """Has the pool read a snapshot into its memory (a no-op when held); socket_path None: default_socket()."""
     return _native.pool_call(_socket(socket_path), "load", snapshot)
 
 
 def evict(snapshot, socket_path=None) -> dict:
+    """Releases a snapshot the pool holds; socket_path None: default_socket()."""
     return _native.pool_call(_socket(socket_path), "evict", snapshot)
 
 
 def status(socket_path=None) -> dict:
-    """What the pool holds: budget_bytes, used_bytes, snapshots [{snapshot, bytes, hits, ...}]."""
+    """What the pool holds: budget_bytes, used_bytes, snapshots [{snapshot, bytes, hits, ...}];
+    socket_path None: default_socket(), so with nothing said it describes the automatic pool."""
     return _native.pool_call(_socket(socket_path), "status")

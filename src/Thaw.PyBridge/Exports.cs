@@ -157,14 +157,14 @@ public static unsafe partial class Exports
     /// over device pointers only; the IPC handles come from the core. A snapshot the pool does not
     /// hold is filled while it is served, unless <see cref="PoolNoFill"/> is set in the request. Fails with
     /// -<see cref="ThawErrorKind.PoolUnavailable"/> when the caller should restore from the file.</summary>
-    /// <param name="socket">The pool's socket; null: the default one.</param>
+    /// <param name="socket">The pool's socket; null: <see cref="ClientSocket.Default"/>.</param>
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_restore")]
     public static int PoolRestore(byte* socket, byte* path, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) => Guard(() =>
     {
         Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
         List<RestoreTarget> targets = Targets(tensors);
         ThawEngine engine = Engines.Get(*request);
-        string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
+        string socketPath = socket == null ? ClientSocket.Default() : Text(socket, "socket");
         PoolRestoreResult r;
         using (PoolClient client = PoolClient.Connect(socketPath))
             r = client.Restore(engine, snapshot, targets, fill: (request->PoolFlags & PoolNoFill) == 0);
@@ -233,11 +233,12 @@ public static unsafe partial class Exports
         return 0;
     });
 
-    /// <summary>The pool socket clients use when none is named (THAW_POOL_SOCKET, else a per-user default).</summary>
+    /// <summary>The pool socket clients use when none is named (<see cref="ClientSocket.Default"/>: THAW_POOL_SOCKET,
+    /// else the automatic pool's when its socket exists, else the per-user default); starts nothing.</summary>
     [UnmanagedCallersOnly(EntryPoint = "thaw_pool_default_socket")]
     public static int PoolDefaultSocket(byte** pathOut) => Guard(() =>
     {
-        *pathOut = ToNative(PoolProtocol.DefaultSocketPath());
+        *pathOut = ToNative(ClientSocket.Default());
         return 0;
     });
 
@@ -274,7 +275,7 @@ public static unsafe partial class Exports
         string verb = Text(op, "op");
         if (verb is not ("load" or "evict" or "status"))
             throw new ArgumentException($"unknown pool operation '{verb}' (load, evict, status)");
-        string socketPath = socket == null ? PoolProtocol.DefaultSocketPath() : Text(socket, "socket");
+        string socketPath = socket == null ? ClientSocket.Default() : Text(socket, "socket");
         string? path = snapshot == null ? null : Path.GetFullPath(Text(snapshot, "snapshot"));
         using PoolClient client = PoolClient.Connect(socketPath);
         using JsonDocument response = client.Send(PoolProtocol.Write(w =>

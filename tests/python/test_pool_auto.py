@@ -430,3 +430,20 @@ def test_the_default_device_is_named_by_identity(tmp_path, home):
     assert refused.returncode != 0 and "--device-id GPU-0000 is no mock device" in refused.stderr, refused.stderr
     assert not home.socket.exists()
 
+
+def test_pool_calls_given_no_socket_talk_to_the_automatic_pool(tmp_path, home, monkeypatch):
+    _, snapshot = _snapshot(tmp_path)
+    fixed = pool.default_socket()
+    assert fixed != str(home.socket) and not home.dir.exists(), "with no automatic pool running, the fixed default"
+    with pytest.raises(thaw_vllm.ThawError, match=re.escape(fixed)):
+        pool.status()
+    assert not home.dir.exists(), "asking starts no pool"
+    pool.select("auto", torch.device("cpu"))
+    (pid,) = home.started_pids()
+    assert pool.default_socket() == str(home.socket)
+    assert pool.status()["pid"] == pid and pool.status()["auto"] is True
+    assert pool.load(snapshot)["bytes"] > 0 and [s["snapshot"] for s in pool.status()["snapshots"]] == [str(snapshot)]
+    pool.evict(snapshot)
+    assert pool.status()["snapshots"] == []
+    monkeypatch.setenv("THAW_POOL_SOCKET", str(tmp_path / "named.sock"))
+    assert pool.default_socket() == str(tmp_path / "named.sock"), "THAW_POOL_SOCKET still wins"

@@ -20,20 +20,8 @@ internal sealed class PoolCommand : Command
 
     public static string Socket(ParseResult parse, Option<string> option) => parse.GetValue(option) ?? PoolProtocol.DefaultSocketPath();
 
-    /// <summary>The socket a client command talks to: --socket, else $THAW_POOL_SOCKET, else the
-    /// automatic pool's when its socket exists, else the default one.</summary>
-    public static string ClientSocket(ParseResult parse, Option<string> option)
-    {
-        if (parse.GetValue(option) is { } given)
-            return given;
-        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("THAW_POOL_SOCKET")))
-        {
-            string auto = AutoPoolDirectory.SocketPath();
-            if (Thaw.Interop.Native.PosixPaths.Identity(auto) is not null)
-                return auto;
-        }
-        return PoolProtocol.DefaultSocketPath();
-    }
+    /// <summary>The socket a client command talks to: --socket, else <see cref="Thaw.Interop.Pool.ClientSocket.Default"/>.</summary>
+    public static string ClientSocket(ParseResult parse, Option<string> option) => parse.GetValue(option) ?? Thaw.Interop.Pool.ClientSocket.Default();
 
     public static PoolClient Connect(string socket)
     {
