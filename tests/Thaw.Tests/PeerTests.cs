@@ -9,40 +9,15 @@ namespace Thaw.Tests;
 
 /// <summary>Restores served from a live peer's memory (docs/POOL.md, "Restoring from a live peer"),
 /// on the mock device: a publisher's "device memory" is a shared file holding the snapshot's bytes.</summary>
-public class PeerTests
+public class PeerTests : PoolFixture
 {
-    private TestFiles _files = null!;
-    private ThawEngine _engine = null!;
-    private string _socket = "";
-
-    [SetUp]
-    public void SetUp()
-    {
-        _files = new TestFiles();
-        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
-        _socket = Path.Combine(_files.Directory, "pool.sock");
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        _engine.Dispose();
-        _files.Dispose();
-    }
-
-    private (Snapshot Snapshot, List<byte[]> Data) MakeSnapshot(string name, int seed)
-    {
-        var host = Enumerable.Range(0, 4).Select(i => new TestFiles.HostTensor($"w{i}", DType.F16, [700 + 512 * i], seed * 10 + i)).ToList();
-        Snapshot s = TestFiles.Freeze(_engine, _files.PathOf(name), host);
-        var data = host.Select(t => t.Bytes).ToList();
-        host.ForEach(t => t.Dispose());
-        return (s, data);
-    }
+    private (Snapshot Snapshot, List<byte[]> Data) MakeSnapshot(string name, int seed) =>
+        FreezeTensors(Files.PathOf(name), 4, DType.F16, i => 700 + 512 * i, i => seed * 10 + i);
 
     /// <summary>A shared file standing in for one device allocation: 4096 bytes, then the tensors at their snapshot offsets.</summary>
     private string Memory(string name, Snapshot s, List<byte[]>? data = null)
     {
-        string file = _files.PathOf(name);
+        string file = Files.PathOf(name);
         using var f = File.Create(file);
         f.SetLength(s.DataLength + 4096);
         for (int i = 0; data is not null && i < data.Count; i++)
@@ -90,13 +65,6 @@ public class PeerTests
             Assert.That(bytes.AsSpan(4096 + (int)s.Tensors[i].Offset, data[i].Length).ToArray(), Is.EqualTo(data[i]), $"tensor {i}");
     }
 
-    private PoolServer Serve(SnapshotPool pool)
-    {
-        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
-        return server;
-    }
-
     private static void WaitFor(Func<bool> condition)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -109,14 +77,14 @@ public class PeerTests
     public void APublishedPeerServesARestoreDeviceToDeviceWithoutAHostCopy()
     {
         var (s, data) = MakeSnapshot("peer.thaw", 1);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
-        using var publisher = new PoolClient(_socket);
+        using var publisher = new PoolClient(SocketPath);
         using (JsonDocument p = publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))))
             Assert.That((p.RootElement.GetProperty("generation").GetInt64(), p.RootElement.GetProperty("tensors").GetInt32(),
                 p.RootElement.GetProperty("bytes").GetInt64()), Is.EqualTo((1L, 4, s.TensorBytes)));
         string destination = Memory("client", s);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         using (JsonDocument r = client.Send(Restore(s, destination)))
             Assert.That((Served(r), r.RootElement.GetProperty("bytes").GetInt64()), Is.EqualTo(("peer", s.TensorBytes)));
         AssertHolds(destination, s, data);
@@ -130,12 +98,12 @@ public class PeerTests
     public void APublisherOnAnotherDeviceServesAPeerCopy()
     {
         var (s, data) = MakeSnapshot("cross.thaw", 10);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
-        using var publisher = new PoolClient(_socket);
+        using var publisher = new PoolClient(SocketPath);
         publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s), device: "mock-1")).Dispose();
         string destination = Memory("client", s);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         using (JsonDocument r = client.Send(Restore(s, destination, "mock-0")))
             Assert.That((Served(r), r.RootElement.GetProperty("device").GetString()), Is.EqualTo(("peer", "mock-0")));
         AssertHolds(destination, s, data);
@@ -147,15 +115,15 @@ public class PeerTests
     public void APublicationEndsWithItsConnectionAndRestoresFallBack()
     {
         var (s, data) = MakeSnapshot("gone.thaw", 2);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
-        var publisher = new PoolClient(_socket);
+        var publisher = new PoolClient(SocketPath);
         publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
         Assert.That(server.Publications, Is.EqualTo(1));
         publisher.Dispose();
         WaitFor(() => server.Publications == 0);
         string destination = Memory("client", s);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         Assert.That(() => client.Send(Restore(s, destination)), Throws.InstanceOf<FileNotFoundException>(), "no peer, no host copy: the client restores from the file");
         client.Send(PoolProtocol.Write(w => { w.WriteString("op", "load"); w.WriteString("snapshot", s.Path); })).Dispose();
         using (JsonDocument r = client.Send(Restore(s, destination)))
@@ -169,7 +137,7 @@ public class PeerTests
     public void AMemoryChangeDuringThePeerCopyDiscardsItsBytes(string change)
     {
         var (s, data) = MakeSnapshot($"change-{change}.thaw", 3);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
         string memory = Memory("publisher", s, data), destination = Memory("client", s);
         byte[] garbage = Enumerable.Repeat((byte)0xAB, (int)s.DataLength + 4096).ToArray();
@@ -178,7 +146,7 @@ public class PeerTests
         void PublishAgain()
         {
             Memory("publisher", s, data);
-            publisher ??= new PoolClient(_socket);
+            publisher ??= new PoolClient(SocketPath);
             publisher.Send(Publish(s, Targets(memory, s), ++generation)).Dispose();
         }
         // The publisher withdraws (or moves, or drops) its publication before it changes its memory,
@@ -199,7 +167,7 @@ public class PeerTests
             File.WriteAllBytes(memory, garbage);
             File.WriteAllBytes(destination, garbage);
         };
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
 
         PublishAgain();
         Assert.That(() => client.Send(Restore(s, destination)), Throws.InstanceOf<FileNotFoundException>(),
@@ -218,14 +186,14 @@ public class PeerTests
     public void APublisherMayStaySilentPastTheIdleTimeoutOthersMayNot()
     {
         var (s, data) = MakeSnapshot("idle.thaw", 9);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
-        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory, Limits = new PoolLimits { IdleTimeout = TimeSpan.FromMilliseconds(200) } };
+        using var pool = new SnapshotPool(Engine, 64 << 20);
+        var server = new PoolServer(pool, SocketPath) { SharedMemoryDirectory = Files.Directory, Limits = new PoolLimits { IdleTimeout = TimeSpan.FromMilliseconds(200) } };
         server.Start();
         using (server)
         {
-            using var publisher = new PoolClient(_socket);
+            using var publisher = new PoolClient(SocketPath);
             publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
-            using var idle = new PoolClient(_socket);
+            using var idle = new PoolClient(SocketPath);
             idle.Send(PoolProtocol.Write(w => w.WriteString("op", "ping"))).Dispose();
             Thread.Sleep(800);
             Assert.That(server.Publications, Is.EqualTo(1));
@@ -241,15 +209,15 @@ public class PeerTests
     public void AUidThePublisherDoesNotAllowIsNotServed()
     {
         var (s, data) = MakeSnapshot("uids.thaw", 4);
-        using var engines = DeviceEngines.Around(_engine);
+        using var engines = DeviceEngines.Around(Engine);
         using var peers = new PeerPublications(engines);
         uint me = PeerCredentials.CurrentUid();
-        var publisher = new PoolPeer(me, _files.Directory);
+        var publisher = new PoolPeer(me, Files.Directory);
         string request = Publish(s, Targets(Memory("publisher", s, data), s));
         peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(request)), PublishFields.Parse(Encoding.UTF8.GetBytes(request)), publisher, connection: 1);
         string destination = Memory("client", s);
         uint stranger = me == 65534 ? 65533u : 65534u;
-        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, null, out string? declined), Is.Null);
+        Assert.That(peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, Files.Directory), null, null, out string? declined), Is.Null);
         Assert.That(declined, Does.Contain($"uid {stranger}"));
         Assert.That(File.ReadAllBytes(destination).All(b => b == 0), "nothing was copied for the stranger");
         Assert.That(peers.TryRestore(s.Path, Targets(destination, s), publisher, null, null, out declined), Is.Not.Null, declined);
@@ -261,14 +229,14 @@ public class PeerTests
         // Allowed explicitly, the stranger is served (its own file: the pool opens only memory a peer owns).
         string allowed = Publish(s, Targets(Memory("publisher", s, data), s), generation: 2, allow: [stranger]);
         peers.Publish(PoolRequest.Parse(Encoding.UTF8.GetBytes(allowed)), PublishFields.Parse(Encoding.UTF8.GetBytes(allowed)), publisher, connection: 1);
-        Assert.That(() => peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, _files.Directory), null, null, out _),
+        Assert.That(() => peers.TryRestore(s.Path, Targets(destination, s), new PoolPeer(stranger, Files.Directory), null, null, out _),
             Throws.InstanceOf<ThawMismatchException>().With.Message.Contains($"not to the peer (uid {stranger})"),
             "allowed to read, the stranger still writes only into memory it owns");
         if (me != 0)
             return; // giving the stranger a file of its own needs root
         string own = Memory("stranger", s);
         Assert.That(chown(own, stranger, stranger), Is.Zero);
-        Assert.That(peers.TryRestore(s.Path, Targets(own, s), new PoolPeer(stranger, _files.Directory), null, null, out declined), Is.Not.Null, declined);
+        Assert.That(peers.TryRestore(s.Path, Targets(own, s), new PoolPeer(stranger, Files.Directory), null, null, out declined), Is.Not.Null, declined);
         AssertHolds(own, s, data);
     }
 
@@ -280,12 +248,12 @@ public class PeerTests
     {
         var (s, data) = MakeSnapshot("refused.thaw", 5);
         var (other, _) = MakeSnapshot("other.thaw", 6);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
         string memory = Memory("publisher", s, data);
-        string small = _files.PathOf("small");
+        string small = Files.PathOf("small");
         File.WriteAllBytes(small, new byte[4096]);
-        File.CreateSymbolicLink(_files.PathOf("link"), memory);
+        File.CreateSymbolicLink(Files.PathOf("link"), memory);
         List<PoolTarget> good = Targets(memory, s);
         PoolTarget first = good[0];
         var cases = new (string What, string Request, string Names)[]
@@ -304,7 +272,7 @@ public class PeerTests
             ("a wrong header CRC32C", Publish(s, good, identity: SnapshotIdentity.Of(s) with { HeaderCrc32C = s.HeaderCrc32C ^ 1 }), "header_crc32c"),
             ("no identity", Publish(s, good).Replace("\"identity\"", "\"identiti\""), "no field 'identity'"),
         };
-        using var publisher = new PoolClient(_socket);
+        using var publisher = new PoolClient(SocketPath);
         foreach (var (what, request, names) in cases)
         {
             Assert.That(() => publisher.Send(request).Dispose(), Throws.InstanceOf<ThawException>().Or.InstanceOf<FileNotFoundException>()
@@ -325,14 +293,14 @@ public class PeerTests
     public void AFileReplacedOnDiskIsNotServedFromTheOldPublication()
     {
         var (s, data) = MakeSnapshot("replaced.thaw", 7);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
-        using var publisher = new PoolClient(_socket);
+        using var publisher = new PoolClient(SocketPath);
         publisher.Send(Publish(s, Targets(Memory("publisher", s, data), s))).Dispose();
         var (replacement, _) = MakeSnapshot("replacement.thaw", 8);
         File.Move(replacement.Path, s.Path, overwrite: true);
         Snapshot now = SnapshotReader.Read(s.Path);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         Assert.That(() => client.Send(Restore(now, Memory("client", now))), Throws.InstanceOf<FileNotFoundException>());
     }
 

@@ -10,10 +10,8 @@ namespace Thaw.Tests;
 /// <summary>Issue 11, items 1 and 2: a restore target is bounded by the real size of what its
 /// handle opens, every numeric field is checked, and a mock handle reaches only a file of
 /// the peer inside the pool's directory. After each refusal a good restore still works.</summary>
-public class PoolBoundsTests
+public class PoolBoundsTests : PoolFixture
 {
-    private TestFiles _files = null!;
-    private ThawEngine _engine = null!;
     private SnapshotPool _pool = null!;
     private PoolServer _server = null!;
     private PoolClient _client = null!;
@@ -24,17 +22,11 @@ public class PoolBoundsTests
     [SetUp]
     public void SetUp()
     {
-        _files = new TestFiles();
-        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
-        var host = Enumerable.Range(0, 3).Select(i => new TestFiles.HostTensor($"w{i}", DType.BF16, [2000 + 500 * i], 40 + i)).ToList();
-        _snapshot = TestFiles.Freeze(_engine, _files.PathOf("s.thaw"), host);
-        _data = host.Select(t => t.Bytes).ToList();
-        host.ForEach(t => t.Dispose());
-        _shm = Directory.CreateDirectory(_files.PathOf("shm")).FullName;
-        _pool = new SnapshotPool(_engine, 64 << 20);
+        (_snapshot, _data) = FreezeTensors(Files.PathOf("s.thaw"), 3, DType.BF16, i => 2000 + 500 * i, i => 40 + i);
+        _shm = Directory.CreateDirectory(Files.PathOf("shm")).FullName;
+        _pool = new SnapshotPool(Engine, 64 << 20);
         _pool.Load(_snapshot.Path);
-        _server = new PoolServer(_pool, _files.PathOf("pool.sock")) { SharedMemoryDirectory = _shm };
-        _server.Start();
+        _server = Serve(_pool, _shm);
         _client = new PoolClient(_server.SocketPath);
     }
 
@@ -44,8 +36,6 @@ public class PoolBoundsTests
         _client.Dispose();
         _server.Dispose();
         _pool.Dispose();
-        _engine.Dispose();
-        _files.Dispose();
     }
 
     /// <summary>The pool's refusal of a destination, as its client sees it (error kind 7).</summary>
@@ -55,8 +45,7 @@ public class PoolBoundsTests
     private string SharedFile(long length)
     {
         string name = $"dest-{Guid.NewGuid():N}";
-        using (var f = File.Create(Path.Combine(_shm, name)))
-            f.SetLength(length);
+        ZeroFile(Path.Combine(_shm, name), length);
         return name;
     }
 
@@ -132,7 +121,7 @@ public class PoolBoundsTests
     [Test]
     public void MockHandlesReachOnlyThePeersFilesInsideThePoolsDirectory()
     {
-        string outside = _files.PathOf("outside-victim");
+        string outside = Files.PathOf("outside-victim");
         File.WriteAllBytes(outside, new byte[_snapshot.DataLength]);
         string link = Path.Combine(_shm, "link");
         File.CreateSymbolicLink(link, outside);

@@ -1,4 +1,3 @@
-using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using Thaw.Interop;
@@ -12,10 +11,8 @@ namespace Thaw.Tests;
 /// restore on the engine of the device its client names (mock ordinals standing in for GPUs), an
 /// unknown device refused with nothing written; the handles of a restore opened and
 /// closed behind its copies, with the breakdown of its time in the response and in the client's result.</summary>
-public class PoolDeviceTests
+public class PoolDeviceTests : PoolFixture
 {
-    private TestFiles _files = null!;
-    private ThawEngine _engine = null!;
     private SnapshotPool _pool = null!;
     private PoolServer _server = null!;
     private Snapshot _snapshot = null!;
@@ -25,17 +22,11 @@ public class PoolDeviceTests
     [SetUp]
     public void SetUp()
     {
-        _files = new TestFiles();
-        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
-        var host = Enumerable.Range(0, 6).Select(i => new TestFiles.HostTensor($"w{i}", DType.BF16, [3000 + 700 * i], 60 + i)).ToList();
-        _snapshot = TestFiles.Freeze(_engine, _files.PathOf("s.thaw"), host);
-        _data = host.Select(t => t.Bytes).ToList();
-        host.ForEach(t => t.Dispose());
-        _shm = Directory.CreateDirectory(_files.PathOf("shm")).FullName;
-        _pool = new SnapshotPool(_engine, 64 << 20);
+        (_snapshot, _data) = FreezeTensors(Files.PathOf("s.thaw"), 6, DType.BF16, i => 3000 + 700 * i, i => 60 + i);
+        _shm = Directory.CreateDirectory(Files.PathOf("shm")).FullName;
+        _pool = new SnapshotPool(Engine, 64 << 20);
         _pool.Load(_snapshot.Path);
-        _server = new PoolServer(_pool, _files.PathOf("pool.sock")) { SharedMemoryDirectory = _shm };
-        _server.Start();
+        _server = Serve(_pool, _shm);
     }
 
     [TearDown]
@@ -43,40 +34,9 @@ public class PoolDeviceTests
     {
         _server.Dispose();
         _pool.Dispose();
-        _engine.Dispose();
-        _files.Dispose();
     }
 
-    /// <summary>Mock device memory a pool can open: a file in its directory, mapped shared.</summary>
-    private sealed unsafe class SharedMemory : IDisposable
-    {
-        private readonly MemoryMappedFile _map;
-        private readonly MemoryMappedViewAccessor _view;
-
-        public SharedMemory(string path, long length)
-        {
-            Path = path;
-            using (var f = File.Create(path))
-                f.SetLength(length);
-            _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open);
-            _view = _map.CreateViewAccessor();
-            byte* p = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            Address = (ulong)p;
-        }
-
-        public string Path { get; }
-        public ulong Address { get; }
-
-        public void Dispose()
-        {
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _map.Dispose();
-        }
-    }
-
-    private List<RestoreTarget> TargetsIn(SharedMemory memory) =>
+    private List<RestoreTarget> TargetsIn(SharedMapping memory) =>
         _snapshot.Tensors.Select(t => new RestoreTarget(t.Name, memory.Address + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
 
     private void AssertRestored(string file)
@@ -98,16 +58,16 @@ public class PoolDeviceTests
     public void TwoClientsOnTwoMockDevicesAtOnceAreEachServedOnTheirOwnDevice()
     {
         using var one = ThawEngine.Create(DeviceKind.Mock, 1);
-        using var zeroMemory = new SharedMemory(Path.Combine(_shm, "device0"), _snapshot.DataLength);
-        using var oneMemory = new SharedMemory(Path.Combine(_shm, "device1"), _snapshot.DataLength);
-        PoolRestoreResult Restore(ThawEngine engine, SharedMemory memory)
+        using var zeroMemory = new SharedMapping(Path.Combine(_shm, "device0"), _snapshot.DataLength);
+        using var oneMemory = new SharedMapping(Path.Combine(_shm, "device1"), _snapshot.DataLength);
+        PoolRestoreResult Restore(ThawEngine engine, SharedMapping memory)
         {
             using var client = PoolClient.Connect(_server.SocketPath);
             return client.Restore(engine, _snapshot, TargetsIn(memory));
         }
         for (int round = 0; round < 3; round++)
         {
-            var zero = Task.Run(() => Restore(_engine, zeroMemory));
+            var zero = Task.Run(() => Restore(Engine, zeroMemory));
             var other = Task.Run(() => Restore(one, oneMemory));
             Assert.That((zero.Result.Device, other.Result.Device), Is.EqualTo(("mock-0", "mock-1")));
         }
@@ -127,9 +87,7 @@ public class PoolDeviceTests
     [Test]
     public void AnUnknownDeviceIsRefusedByNameWithNothingWritten()
     {
-        string file = Path.Combine(_shm, "dest");
-        using (var f = File.Create(file))
-            f.SetLength(_snapshot.DataLength);
+        string file = ZeroFile(Path.Combine(_shm, "dest"), _snapshot.DataLength);
         using var client = new PoolClient(_server.SocketPath);
         // A constraint expression grows with each use: one made afresh per assertion.
         NUnit.Framework.Constraints.ResolvableConstraintExpression Refused(ThawErrorKind kind) =>
@@ -153,9 +111,7 @@ public class PoolDeviceTests
     [Test]
     public void TheResponseAndTheClientsResultSayWhereTheTimeWent()
     {
-        string file = Path.Combine(_shm, "dest");
-        using (var f = File.Create(file))
-            f.SetLength(_snapshot.DataLength);
+        string file = ZeroFile(Path.Combine(_shm, "dest"), _snapshot.DataLength);
         using (var client = new PoolClient(_server.SocketPath))
         using (JsonDocument response = client.Send(Request("dest", "\"mock-0\"")))
         {
@@ -168,9 +124,9 @@ public class PoolDeviceTests
             Assert.That((r.GetProperty("device").GetString(), r.GetProperty("lanes").GetInt32(), r.GetProperty("allocations").GetInt32()),
                 Is.EqualTo(("mock-0", 2, 1)));
         }
-        using var memory = new SharedMemory(Path.Combine(_shm, "mapped"), _snapshot.DataLength);
+        using var memory = new SharedMapping(Path.Combine(_shm, "mapped"), _snapshot.DataLength);
         using var mapped = PoolClient.Connect(_server.SocketPath);
-        PoolRestoreResult result = mapped.Restore(_engine, _snapshot, TargetsIn(memory));
+        PoolRestoreResult result = mapped.Restore(Engine, _snapshot, TargetsIn(memory));
         PoolRestoreTimings t = result.Timings;
         Assert.That(t.ResolveSeconds, Is.GreaterThan(0.0));
         Assert.That(t.PoolSeconds, Is.GreaterThan(0.0));
@@ -187,8 +143,7 @@ public class PoolDeviceTests
         // One allocation per tensor, as torch gives large tensors: every handle a file of its own.
         string[] names = _snapshot.Tensors.Select((t, i) => $"alloc{i}").ToArray();
         for (int i = 0; i < names.Length; i++)
-            using (var f = File.Create(Path.Combine(_shm, names[i])))
-                f.SetLength(_snapshot.Tensors[i].Length + 100);
+            ZeroFile(Path.Combine(_shm, names[i]), _snapshot.Tensors[i].Length + 100);
         string RequestOf(Func<int, long> offset) =>
             PoolProtocol.RestoreRequest(_snapshot.Path, _snapshot.Tensors.Select((t, i) =>
                 new PoolTarget(t.Name, Encoding.UTF8.GetBytes(names[i]), offset(i), t.Length)), fill: false, "mock-0");

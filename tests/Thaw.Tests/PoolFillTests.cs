@@ -1,4 +1,3 @@
-using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using Thaw.Interop;
@@ -12,112 +11,54 @@ namespace Thaw.Tests;
 /// <summary>Fill-through (a miss is read once into the pool while it is copied to the client) and
 /// snapshot identity (a held copy is never served once the file on disk changed), on the mock device.</summary>
 [NonParallelizable] // one test arms a process-wide core fault
-public class PoolFillTests
+public class PoolFillTests : PoolFixture
 {
-    private TestFiles _files = null!;
-    private ThawEngine _engine = null!;
-    private string _socket = "";
     private readonly List<string> _log = [];
 
     [SetUp]
-    public void SetUp()
-    {
-        _files = new TestFiles();
-        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
-        _socket = Path.Combine(_files.Directory, "pool.sock");
-        _log.Clear();
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        _engine.Dispose();
-        _files.Dispose();
-    }
+    public void SetUp() => _log.Clear();
 
     /// <summary>Seven tensors of 2-12 KiB, so that 8 KiB fill batches give a pipeline of several batches.</summary>
-    private List<byte[]> Freeze(string path, int seed)
-    {
-        var host = Enumerable.Range(0, 7).Select(i => new TestFiles.HostTensor($"w{i}", DType.BF16, [1000 + 700 * i], seed * 10 + i)).ToList();
-        TestFiles.Freeze(_engine, path, host);
-        var data = host.Select(t => t.Bytes).ToList();
-        host.ForEach(t => t.Dispose());
-        return data;
-    }
+    private List<byte[]> Freeze(string path, int seed) => FreezeTensors(path, 7, DType.BF16, i => 1000 + 700 * i, i => seed * 10 + i).Data;
 
-    private SnapshotPool Pool(long budget = 64 << 20) => new(_engine, budget)
+    private SnapshotPool Pool(long budget = 64 << 20) => new(Engine, budget)
     {
         FillBatchBytes = 8192,
         Log = line => { lock (_log) _log.Add(line); },
     };
 
-    private PoolServer Serve(SnapshotPool pool)
-    {
-        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
-        return server;
-    }
+    /// <summary>4096 bytes, then the tensors at their offsets in the snapshot's data.</summary>
+    private SharedMapping Destination(Snapshot s) => new(Files.PathOf($"dest-{Guid.NewGuid():N}"), s.DataLength + 4096);
 
-    /// <summary>A shared-file mapping standing in for device memory, as a client process has it.</summary>
-    private sealed unsafe class SharedDestination : IDisposable
-    {
-        private readonly MemoryMappedFile _map;
-        private readonly MemoryMappedViewAccessor _view;
-        private readonly byte* _base;
+    private static List<RestoreTarget> Targets(SharedMapping d, Snapshot s) =>
+        s.Tensors.Select(t => new RestoreTarget(t.Name, d.Address + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
 
-        public SharedDestination(string file, long length)
-        {
-            File = file;
-            using (var f = System.IO.File.Create(file))
-                f.SetLength(length);
-            _map = MemoryMappedFile.CreateFromFile(file, FileMode.Open);
-            _view = _map.CreateViewAccessor();
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref _base);
-        }
+    private static byte[] Tensor(SharedMapping d, Snapshot s, int i) => d.Read(4096 + s.Tensors[i].Offset, s.Tensors[i].Length);
 
-        public string File { get; }
-
-        public List<RestoreTarget> Targets(Snapshot s) =>
-            s.Tensors.Select(t => new RestoreTarget(t.Name, (ulong)_base + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
-
-        public byte[] Tensor(Snapshot s, int i) => new ReadOnlySpan<byte>(_base + 4096 + s.Tensors[i].Offset, (int)s.Tensors[i].Length).ToArray();
-
-        public void Clear() => new Span<byte>(_base, checked((int)_view.Capacity)).Clear();
-
-        public void Dispose()
-        {
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _map.Dispose();
-        }
-    }
-
-    private SharedDestination Destination(Snapshot s) => new(_files.PathOf($"dest-{Guid.NewGuid():N}"), s.DataLength + 4096);
-
-    private static void AssertRestored(SharedDestination d, Snapshot s, List<byte[]> data)
+    private static void AssertRestored(SharedMapping d, Snapshot s, List<byte[]> data)
     {
         for (int i = 0; i < data.Count; i++)
-            Assert.That(d.Tensor(s, i), Is.EqualTo(data[i]), $"tensor {s.Tensors[i].Name}");
+            Assert.That(Tensor(d, s, i), Is.EqualTo(data[i]), $"tensor {s.Tensors[i].Name}");
     }
 
-    private PoolRestoreResult RestoreThroughPool(string path, SharedDestination d, bool fill = true)
+    private PoolRestoreResult RestoreThroughPool(string path, SharedMapping d, bool fill = true)
     {
         Snapshot s = SnapshotReader.Read(path);
         d.Clear();
-        using var client = PoolClient.Connect(_socket);
-        return client.Restore(_engine, s, d.Targets(s), fill);
+        using var client = PoolClient.Connect(SocketPath);
+        return client.Restore(Engine, s, Targets(d, s), fill);
     }
 
     [Test]
     public void AFillServesTheClientAndHoldsTheSnapshot()
     {
-        string path = _files.PathOf("a.thaw");
+        string path = Files.PathOf("a.thaw");
         List<byte[]> data = Freeze(path, 1);
         Snapshot s = SnapshotReader.Read(path);
         Assert.That(FillThrough.Plan(s, 8192), Has.Count.GreaterThan(3), "the fill runs as a pipeline of several batches");
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(s);
+        using SharedMapping d = Destination(s);
 
         Assert.That(() => RestoreThroughPool(path, d, fill: false), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
         Assert.That(pool.List(), Is.Empty);
@@ -135,7 +76,7 @@ public class PoolFillTests
         PoolEntryInfo after = pool.List().Single();
         Assert.That((after.Fills, after.Hits, after.BytesRead), Is.EqualTo((1L, 1L, held.BytesRead)), "a hit reads nothing from the file");
 
-        using var client = PoolClient.Connect(_socket);
+        using var client = PoolClient.Connect(SocketPath);
         using JsonDocument status = client.Send(PoolProtocol.Write(w => w.WriteString("op", "status")));
         JsonElement entry = status.RootElement.GetProperty("snapshots")[0];
         Assert.That((entry.GetProperty("fills").GetInt64(), entry.GetProperty("misses").GetInt64(), entry.GetProperty("hits").GetInt64(),
@@ -145,7 +86,7 @@ public class PoolFillTests
     [Test]
     public void AFillOfACorruptRegionFailsAndHoldsNothing()
     {
-        string path = _files.PathOf("corrupt.thaw");
+        string path = Files.PathOf("corrupt.thaw");
         Freeze(path, 2);
         Snapshot s = SnapshotReader.Read(path);
         using (var f = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite))
@@ -158,23 +99,23 @@ public class PoolFillTests
         }
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(s);
+        using SharedMapping d = Destination(s);
         Assert.That(() => RestoreThroughPool(path, d),
             Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("w4").And.Message.Contains("CRC32C"));
         Assert.That((pool.List().Count, pool.UsedBytes), Is.EqualTo((0, 0L)));
         // What the client falls back on names the tensor too.
-        Assert.That(() => _engine.RestoreInto(s, d.Targets(s)), Throws.InstanceOf<ThawChecksumException>().With.Message.Contains("w4"));
+        Assert.That(() => Engine.RestoreInto(s, Targets(d, s)), Throws.InstanceOf<ThawChecksumException>().With.Message.Contains("w4"));
     }
 
     [Test]
     public void AFillWhoseReadFailsHoldsNothingAndTheNextOneSucceeds()
     {
-        string path = _files.PathOf("eio.thaw");
+        string path = Files.PathOf("eio.thaw");
         List<byte[]> data = Freeze(path, 3);
         Snapshot s = SnapshotReader.Read(path);
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(s);
+        using SharedMapping d = Destination(s);
         Core.FaultInject(Core.FaultReadEio, 2);
         try
         {
@@ -192,12 +133,12 @@ public class PoolFillTests
     [Test]
     public void ASnapshotLargerThanTheBudgetIsNotFilled()
     {
-        string path = _files.PathOf("big.thaw");
+        string path = Files.PathOf("big.thaw");
         Freeze(path, 4);
         Snapshot s = SnapshotReader.Read(path);
         using SnapshotPool pool = Pool(budget: s.DataLength - 4096);
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(s);
+        using SharedMapping d = Destination(s);
         Assert.That(() => RestoreThroughPool(path, d), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("budget"));
         Assert.That(pool.List(), Is.Empty);
     }
@@ -205,7 +146,7 @@ public class PoolFillTests
     [Test]
     public void FillsOfOneSnapshotAtOnceShareOneRead()
     {
-        string path = _files.PathOf("shared.thaw");
+        string path = Files.PathOf("shared.thaw");
         List<byte[]> data = Freeze(path, 5);
         Snapshot s = SnapshotReader.Read(path);
         long oneRead;
@@ -222,7 +163,7 @@ public class PoolFillTests
         try
         {
             Parallel.For(0, clients, new ParallelOptions { MaxDegreeOfParallelism = clients }, i => results[i] = RestoreThroughPool(path, destinations[i]));
-            foreach (SharedDestination d in destinations)
+            foreach (SharedMapping d in destinations)
                 AssertRestored(d, s, data);
         }
         finally
@@ -238,14 +179,14 @@ public class PoolFillTests
     /// restore returns the new bytes, that the old copy is gone, and that the server said why.</summary>
     private void AssertChangeIsNoticed(string name, Action<string, string> change)
     {
-        string path = _files.PathOf(name);
+        string path = Files.PathOf(name);
         Freeze(path, 6);
-        string replacement = _files.PathOf(name + ".next");
+        string replacement = Files.PathOf(name + ".next");
         List<byte[]> next = Freeze(replacement, 7);
         Assert.That(new FileInfo(replacement).Length, Is.EqualTo(new FileInfo(path).Length), "same size: only the identity tells them apart");
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(SnapshotReader.Read(path));
+        using SharedMapping d = Destination(SnapshotReader.Read(path));
         Assert.That(RestoreThroughPool(path, d).Filled, Is.True);
         SnapshotIdentity old = SnapshotIdentity.Of(SnapshotReader.Read(path));
 
@@ -287,22 +228,20 @@ public class PoolFillTests
     [Test]
     public void AClientWithoutIdentityIsStillNeverServedAStaleCopy()
     {
-        string path = _files.PathOf("old-client.thaw");
+        string path = Files.PathOf("old-client.thaw");
         Freeze(path, 8);
-        string replacement = _files.PathOf("old-client.next");
+        string replacement = Files.PathOf("old-client.next");
         Freeze(replacement, 9);
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
         pool.Load(path);
         File.Move(replacement, path, overwrite: true);
         Snapshot s = SnapshotReader.Read(path);
-        string file = _files.PathOf("raw-dest");
-        using (var f = File.Create(file))
-            f.SetLength(s.DataLength);
+        string file = ZeroFile(Files.PathOf("raw-dest"), s.DataLength);
         // The request of a client that sends no identity (and no fill): the pool compares its copy with the file on disk.
         string request = PoolProtocol.RestoreRequest(path,
             s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), t.Offset, t.Length)), fill: false);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         Assert.That(() => client.Send(request), Throws.InstanceOf<FileNotFoundException>().With.Message.Contains("does not hold"));
         Assert.That(pool.List(), Is.Empty);
     }
@@ -310,19 +249,19 @@ public class PoolFillTests
     [Test]
     public void AClientThatParsedAnOlderFileFallsBack()
     {
-        string path = _files.PathOf("raced.thaw");
+        string path = Files.PathOf("raced.thaw");
         Freeze(path, 10);
         Snapshot parsedBefore = SnapshotReader.Read(path);
-        string replacement = _files.PathOf("raced.next");
+        string replacement = Files.PathOf("raced.next");
         Freeze(replacement, 11);
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using SharedDestination d = Destination(parsedBefore);
+        using SharedMapping d = Destination(parsedBefore);
         File.Move(replacement, path, overwrite: true);
         pool.Load(path);
-        using var client = PoolClient.Connect(_socket);
+        using var client = PoolClient.Connect(SocketPath);
         // The client's header is the old file's; the pool holds the new one: neither is served to it.
-        Assert.That(() => client.Restore(_engine, parsedBefore, d.Targets(parsedBefore)),
+        Assert.That(() => client.Restore(Engine, parsedBefore, Targets(d, parsedBefore)),
             Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("header_crc32c"));
         Assert.That(pool.List().Single().Hits, Is.Zero);
     }
@@ -332,7 +271,7 @@ public class PoolFillTests
     {
         using SnapshotPool pool = Pool();
         using PoolServer server = Serve(pool);
-        using var client = new PoolClient(_socket);
+        using var client = new PoolClient(SocketPath);
         string Restore(string identity) =>
             $"{{\"op\":\"restore\",\"snapshot\":\"/x.thaw\",\"targets\":[],\"identity\":{identity}}}";
         const string good = "\"dev\":1,\"ino\":2,\"size\":3,\"mtime_ns\":-4,\"ctime_ns\":5";

@@ -9,33 +9,11 @@ using Thaw.Interop.Restore;
 namespace Thaw.Tests;
 
 /// <summary>The pool on the mock device: IPC handles are shared-memory files.</summary>
-public class PoolTests
+public class PoolTests : PoolFixture
 {
-    private TestFiles _files = null!;
-    private ThawEngine _engine = null!;
-    private string _socket = "";
-
-    [SetUp]
-    public void SetUp()
-    {
-        _files = new TestFiles();
-        _engine = ThawEngine.Create(DeviceKind.Mock, settings: new EngineSettings { ChunkBytes = 8192, StagingBytes = 8192 * 8, IoThreads = 2 });
-        _socket = Path.Combine(_files.Directory, "pool.sock");
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        _engine.Dispose();
-        _files.Dispose();
-    }
-
     private (string Path, List<byte[]> Data) MakeSnapshot(string name, int seed, int tensors = 5)
     {
-        var host = Enumerable.Range(0, tensors).Select(i => new TestFiles.HostTensor($"w{i}", DType.BF16, [1000 + 300 * i], seed * 10 + i)).ToList();
-        Snapshot s = TestFiles.Freeze(_engine, _files.PathOf(name), host);
-        var data = host.Select(t => t.Bytes).ToList();
-        host.ForEach(t => t.Dispose());
+        var (s, data) = FreezeTensors(Files.PathOf(name), tensors, DType.BF16, i => 1000 + 300 * i, i => seed * 10 + i);
         return (s.Path, data);
     }
 
@@ -43,9 +21,7 @@ public class PoolTests
     private (string File, string Request, Snapshot Snapshot) Destination(string snapshotPath)
     {
         Snapshot s = SnapshotReader.Read(snapshotPath);
-        string file = _files.PathOf($"dest-{Guid.NewGuid():N}");
-        using (var f = File.Create(file))
-            f.SetLength(s.DataLength + 4096);
+        string file = ZeroFile(Files.PathOf($"dest-{Guid.NewGuid():N}"), s.DataLength + 4096);
         string request = PoolProtocol.RestoreRequest(snapshotPath,
             s.Tensors.Select(t => new PoolTarget(t.Name, Encoding.UTF8.GetBytes(Path.GetFileName(file)), 4096 + t.Offset, t.Length)), fill: false);
         return (file, request, s);
@@ -58,13 +34,6 @@ public class PoolTests
             Assert.That(bytes.AsSpan(4096 + (int)s.Tensors[i].Offset, data[i].Length).ToArray(), Is.EqualTo(data[i]));
     }
 
-    private PoolServer Serve(SnapshotPool pool)
-    {
-        var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
-        return server;
-    }
-
     private static string Op(string op, string? snapshot = null) =>
         PoolProtocol.Write(w => { w.WriteString("op", op); if (snapshot is not null) w.WriteString("snapshot", snapshot); });
 
@@ -72,11 +41,11 @@ public class PoolTests
     public void LoadRestoreStatusAndOwnerOnlySocket()
     {
         var (path, data) = MakeSnapshot("a.thaw", 1);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
         using PoolServer server = Serve(pool);
         if (!OperatingSystem.IsWindows())
-            Assert.That(File.GetUnixFileMode(_socket), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite));
-        using var client = new PoolClient(_socket);
+            Assert.That(File.GetUnixFileMode(SocketPath), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite));
+        using var client = new PoolClient(SocketPath);
         client.Send(Op("load", path)).Dispose();
         var (file, request, s) = Destination(path);
         using (JsonDocument r = client.Send(request))
@@ -92,46 +61,32 @@ public class PoolTests
     public void TheClientRestoresByAddressIntoASharedMappingAndChecksTargetsFirst()
     {
         var (path, data) = MakeSnapshot("client.thaw", 4);
-        using var pool = new SnapshotPool(_engine, 1 << 20);
+        using var pool = new SnapshotPool(Engine, 1 << 20);
         using PoolServer server = Serve(pool);
         Snapshot s = SnapshotReader.Read(path);
-        string file = _files.PathOf("mapped-device-memory");
-        using (var f = File.Create(file))
-            f.SetLength(s.DataLength + 4096);
-        using var map = System.IO.MemoryMappedFiles.MemoryMappedFile.CreateFromFile(file, FileMode.Open);
-        using var view = map.CreateViewAccessor();
-        unsafe
+        string file = Files.PathOf("mapped-device-memory");
+        using (var memory = new SharedMapping(file, s.DataLength + 4096))
         {
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            // Addresses only: the client finds the file and the offsets from the mapping.
+            var targets = s.Tensors.Select(t => new RestoreTarget(t.Name, memory.Address + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
+            using var client = PoolClient.Connect(SocketPath);
+            Assert.That(() => client.Restore(Engine, s, targets, fill: false), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
+            client.Send(Op("load", path)).Dispose();
+            var wrongShape = targets.Select((t, i) => i == 0 ? t with { Shape = [1, t.Shape![0]] } : t).ToList();
+            Assert.That(() => client.Restore(Engine, s, wrongShape), Throws.InstanceOf<ThawMismatchException>().With.Message.Contains("shape"));
+            PoolRestoreResult r = client.Restore(Engine, s, targets);
+            Assert.That((r.Bytes, r.Filled), Is.EqualTo((s.TensorBytes, false)));
+            ulong privateMemory = Engine.Allocate(s.DataLength);
             try
             {
-                // Addresses only: the client finds the file and the offsets from the mapping.
-                var targets = s.Tensors.Select(t => new RestoreTarget(t.Name, (ulong)p + 4096 + (ulong)t.Offset, t.Length, t.DType, t.Shape.ToArray())).ToList();
-                using var client = PoolClient.Connect(_socket);
-                Assert.That(() => client.Restore(_engine, s, targets, fill: false), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("does not hold"));
-                client.Send(Op("load", path)).Dispose();
-                var wrongShape = targets.Select((t, i) => i == 0 ? t with { Shape = [1, t.Shape![0]] } : t).ToList();
-                Assert.That(() => client.Restore(_engine, s, wrongShape), Throws.InstanceOf<ThawMismatchException>().With.Message.Contains("shape"));
-                PoolRestoreResult r = client.Restore(_engine, s, targets);
-                Assert.That((r.Bytes, r.Filled), Is.EqualTo((s.TensorBytes, false)));
-                ulong privateMemory = _engine.Allocate(s.DataLength);
-                try
-                {
-                    var unshared = s.Tensors.Select(t => new RestoreTarget(t.Name, privateMemory + (ulong)t.Offset, t.Length)).ToList();
-                    Assert.That(() => client.Restore(_engine, s, unshared), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("shared file mapping"));
-                }
-                finally
-                {
-                    _engine.Free(privateMemory);
-                }
+                var unshared = s.Tensors.Select(t => new RestoreTarget(t.Name, privateMemory + (ulong)t.Offset, t.Length)).ToList();
+                Assert.That(() => client.Restore(Engine, s, unshared), Throws.InstanceOf<PoolUnavailableException>().With.Message.Contains("shared file mapping"));
             }
             finally
             {
-                view.SafeMemoryMappedViewHandle.ReleasePointer();
+                Engine.Free(privateMemory);
             }
         }
-        view.Flush();
         AssertRestored(file, s, data);
         Assert.That(pool.List().Single().Hits, Is.EqualTo(1));
     }
@@ -140,10 +95,9 @@ public class PoolTests
     public void BadRequestsGetErrorsAndThePoolKeepsServing()
     {
         var (path, data) = MakeSnapshot("a.thaw", 2);
-        using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
-        using var client = new PoolClient(_socket);
+        using var pool = new SnapshotPool(Engine, 64 << 20);
+        using PoolServer server = Serve(pool);
+        using var client = new PoolClient(SocketPath);
         Assert.That(() => client.Send("this is not json"), Throws.InstanceOf<ThawException>());
         Assert.That(() => client.Send(Op("dance")), Throws.InstanceOf<ThawException>().With.Message.Contains("unknown op"));
         var (file, request, s) = Destination(path);
@@ -157,7 +111,7 @@ public class PoolTests
         // A client that dies mid-request: half a line, then gone.
         using (var dying = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
         {
-            dying.Connect(new UnixDomainSocketEndPoint(_socket));
+            dying.Connect(new UnixDomainSocketEndPoint(SocketPath));
             dying.Send(Encoding.UTF8.GetBytes(request[..(request.Length / 2)]));
         }
         client.Send(request).Dispose();
@@ -167,12 +121,12 @@ public class PoolTests
     [Test]
     public void PeersOfOtherUsersAreRefused()
     {
-        using var pool = new SnapshotPool(_engine, 1 << 20);
-        using var server = new PoolServer(pool, _socket, allowedUids: [987654]) { SharedMemoryDirectory = _files.Directory };
+        using var pool = new SnapshotPool(Engine, 1 << 20);
+        using var server = new PoolServer(pool, SocketPath, allowedUids: [987654]) { SharedMemoryDirectory = Files.Directory };
         server.Start();
         if (!OperatingSystem.IsWindows()) // the allowed uid must be able to connect; SO_PEERCRED turns the rest away
-            Assert.That(File.GetUnixFileMode(_socket) & UnixFileMode.OtherWrite, Is.EqualTo(UnixFileMode.OtherWrite));
-        using var client = new PoolClient(_socket);
+            Assert.That(File.GetUnixFileMode(SocketPath) & UnixFileMode.OtherWrite, Is.EqualTo(UnixFileMode.OtherWrite));
+        using var client = new PoolClient(SocketPath);
         Assert.That(() => client.Send(Op("status")), Throws.InstanceOf<ThawException>().With.Message.Contains("is not served"));
     }
 
@@ -180,16 +134,15 @@ public class PoolTests
     public void SeveralClientsAtOnceGetCorrectBytes()
     {
         var snapshots = Enumerable.Range(0, 2).Select(i => MakeSnapshot($"s{i}.thaw", 10 + i)).ToList();
-        using var pool = new SnapshotPool(_engine, 64 << 20);
-        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
+        using var pool = new SnapshotPool(Engine, 64 << 20);
+        using PoolServer server = Serve(pool);
         foreach (var (path, _) in snapshots)
             pool.Load(path);
         Parallel.For(0, 12, i =>
         {
             var (path, data) = snapshots[i % 2];
             var (file, request, s) = Destination(path);
-            using var client = new PoolClient(_socket);
+            using var client = new PoolClient(SocketPath);
             client.Send(request).Dispose();
             AssertRestored(file, s, data);
         });
@@ -203,7 +156,7 @@ public class PoolTests
         var b = MakeSnapshot("b.thaw", 21);
         var c = MakeSnapshot("c.thaw", 22);
         long each = SnapshotReader.Read(a.Path).DataLength;
-        using var pool = new SnapshotPool(_engine, 2 * each);
+        using var pool = new SnapshotPool(Engine, 2 * each);
         pool.Load(a.Path);
         pool.Load(b.Path);
         Thread.Sleep(5);
@@ -213,17 +166,16 @@ public class PoolTests
         Assert.That(pool.UsedBytes, Is.LessThanOrEqualTo(pool.BudgetBytes));
         Assert.That(pool.Evict(a.Path), Is.True);
         Assert.That(pool.Evict(a.Path), Is.False);
-        using var tiny = new SnapshotPool(_engine, 4096);
+        using var tiny = new SnapshotPool(Engine, 4096);
         Assert.That(() => tiny.Load(a.Path), Throws.InstanceOf<ThawException>().With.Message.Contains("budget"));
     }
 
     [Test]
     public void ASecondServerOnALiveSocketIsRefused()
     {
-        using var pool = new SnapshotPool(_engine, 1 << 20);
-        using var server = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
-        server.Start();
-        using var second = new PoolServer(pool, _socket) { SharedMemoryDirectory = _files.Directory };
+        using var pool = new SnapshotPool(Engine, 1 << 20);
+        using PoolServer server = Serve(pool);
+        using var second = new PoolServer(pool, SocketPath) { SharedMemoryDirectory = Files.Directory };
         Assert.That(() => second.Start(), Throws.InstanceOf<IOException>().With.Message.Contains("already serving"));
     }
 }
