@@ -138,6 +138,56 @@ int thawcore_engine_restore(thawcore_engine *engine, const char *path,
                             const thawcore_restore_options *options,
                             thawcore_restore_stats *stats);
 
+/* ---- Borrowed links: other GPUs' host links carry a share of one restore (docs/MULTI_GPU.md) ----
+ *
+ * The destination's own lanes copy one share of the chunks host to device as usual; lanes bound
+ * to each helper device copy their share host to device into bounce slots of that helper's memory
+ * (two per lane, each of the engine's chunk size) and forward them device to device into the
+ * destination (CUDA: cuMemcpyPeerAsync, peer access enabled both ways; an event orders each
+ * forward behind its host-to-device copy). A helper that cannot be set up is left out of the split;
+ * one that fails mid-restore is dropped and its unfinished share is copied by the destination's own
+ * lanes afterwards; neither fails the restore. Errors of the file (a read, a short file, a checksum)
+ * fail it as they always do. */
+#define THAWCORE_MAX_HELPERS 15
+#define THAWCORE_MAX_HELPER_LANES 8
+
+typedef struct thawcore_borrow_options {
+    uint32_t struct_size;           /* sizeof(thawcore_borrow_options) */
+    uint32_t helper_count;          /* 1 .. THAWCORE_MAX_HELPERS */
+    const int32_t *helper_ordinals; /* devices of the engine's kind, each once, none the destination */
+    /* helper_count + 1 relative link rates, the destination's first, each finite and in
+     * [0, 1e6], their sum positive; NULL: equal shares. */
+    const double *link_weights;
+    uint32_t lanes_per_helper;      /* reader threads a helper gets; 0 = 2; at most THAWCORE_MAX_HELPER_LANES
+                                       (fewer when helpers x lanes would pass 64 threads) */
+    uint32_t reserved;              /* zero */
+} thawcore_borrow_options;
+
+enum thawcore_link_role { THAWCORE_LINK_DIRECT = 0, THAWCORE_LINK_BORROWED = 1 };
+
+/* What one link did: links[0] is the destination's own, links[1 + i] helper i. */
+typedef struct thawcore_link_stats {
+    int32_t ordinal;
+    int32_t role;                   /* enum thawcore_link_role */
+    int32_t status;                 /* 0: served (or, the destination, took over); else the error that left it out or dropped it */
+    uint32_t lanes;                 /* threads it ran (0: left out) */
+    uint64_t planned_bytes;         /* file bytes of the share it was given */
+    uint64_t bytes;                 /* tensor bytes it delivered into the destination */
+    uint64_t taken_over_bytes;      /* the destination: of its bytes, those of dropped helpers' shares */
+    char note[256];                 /* why it was left out or dropped; empty otherwise */
+} thawcore_link_stats;
+
+/* thawcore_engine_restore with borrowed links. links (may be NULL) has room for link_capacity
+ * entries, at least borrow->helper_count + 1. Refused with -EINVAL, before anything is read, when
+ * an option is out of bounds (a helper out of range, repeated or equal to the destination). */
+int thawcore_engine_restore_borrowed(thawcore_engine *engine, const char *path,
+                                     const thawcore_extent *extents, uint32_t extent_count,
+                                     const thawcore_segment *segments, uint32_t segment_count,
+                                     const thawcore_restore_options *options,
+                                     const thawcore_borrow_options *borrow,
+                                     thawcore_restore_stats *stats,
+                                     thawcore_link_stats *links, uint32_t link_capacity);
+
 /* Writes each segment's bytes (from a device address, or from a host address when
  * source_is_host) to fd at its file_offset, and stores the CRC32C of each segment
  * in crc32c_out[i]. Does not fsync or close fd. */
@@ -269,7 +319,9 @@ enum thawcore_fault {
     THAWCORE_FAULT_PINNED_ALLOC = 5,    /* pinning staging memory fails */
     THAWCORE_FAULT_WRITE_ENOSPC = 6,    /* a write finds the disk full */
     THAWCORE_FAULT_WRITE_EIO = 7,       /* a write fails with EIO */
-    THAWCORE_FAULT_REGISTER = 8         /* registering mapped file pages for DMA fails (zero-copy) */
+    THAWCORE_FAULT_REGISTER = 8,        /* registering mapped file pages for DMA fails (zero-copy) */
+    THAWCORE_FAULT_BORROW_SETUP = 9,    /* setting up a borrowed link (its device, peer access, bounce memory) fails */
+    THAWCORE_FAULT_BORROW_COPY = 10     /* a borrowed link's copy into its bounce slot, or its forward, fails */
 };
 int thawcore_fault_inject(int32_t kind, int64_t after);
 

@@ -26,6 +26,13 @@ typedef struct thaw_device_ops {
     int (*event_record)(thaw_device *dev, void *event, void *stream);
     int (*event_wait)(thaw_device *dev, void *event);
     int (*stream_wait)(thaw_device *dev, void *stream);
+    /* Holds back the work queued on stream after this call until event (recorded on any
+     * stream, of this device or another) has completed. */
+    int (*stream_wait_event)(thaw_device *dev, void *stream, void *event);
+    /* Lets dev's copies reach peer's memory and peer's reach dev's (CUDA: cuCtxEnablePeerAccess
+     * both ways); fails where the two cannot reach each other peer to peer. Binds the calling
+     * thread to each context in turn, and leaves it bound to dev. */
+    int (*enable_peer_access)(thaw_device *dev, thaw_device *peer);
     int (*check_range)(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out);
     int (*mem_alloc)(thaw_device *dev, uint64_t length, uint64_t *out);
     int (*mem_free)(thaw_device *dev, uint64_t address);

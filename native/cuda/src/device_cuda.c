@@ -28,6 +28,7 @@ enum {
     CUDA_ERROR_OUT_OF_MEMORY = 2,
     CUDA_ERROR_NO_DEVICE = 100,
     CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704,
     CU_MEMHOSTALLOC_PORTABLE = 1,
     CU_STREAM_NON_BLOCKING = 1,
     CU_EVENT_DISABLE_TIMING = 2,
@@ -61,6 +62,9 @@ static struct {
     CUresult (*cuStreamCreate)(CUstream *, unsigned);
     CUresult (*cuStreamDestroy)(CUstream);
     CUresult (*cuStreamSynchronize)(CUstream);
+    CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned);
+    CUresult (*cuDeviceCanAccessPeer)(int *, CUdevice, CUdevice);
+    CUresult (*cuCtxEnablePeerAccess)(CUcontext, unsigned);
     CUresult (*cuEventCreate)(CUevent *, unsigned);
     CUresult (*cuEventDestroy)(CUevent);
     CUresult (*cuEventRecord)(CUevent, CUstream);
@@ -110,6 +114,9 @@ static void load_driver(void)
         SYM(cuStreamCreate, "cuStreamCreate"),
         SYM(cuStreamDestroy, "cuStreamDestroy_v2"),
         SYM(cuStreamSynchronize, "cuStreamSynchronize"),
+        SYM(cuStreamWaitEvent, "cuStreamWaitEvent"),
+        SYM(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer"),
+        SYM(cuCtxEnablePeerAccess, "cuCtxEnablePeerAccess"),
         SYM(cuEventCreate, "cuEventCreate"),
         SYM(cuEventDestroy, "cuEventDestroy_v2"),
         SYM(cuEventRecord, "cuEventRecord"),
@@ -301,6 +308,40 @@ static int cuda_stream_wait(thaw_device *dev, void *stream)
     return 0;
 }
 
+static int cuda_stream_wait_event(thaw_device *dev, void *stream, void *event)
+{
+    (void)dev;
+    CU_CHECK(cu.cuStreamWaitEvent(stream, event, 0), "cuStreamWaitEvent");
+    return 0;
+}
+
+/* Access from the current context to `to`'s memory; already enabled (by PyTorch, or an earlier
+ * restore: the setting lives as long as the context) is fine. */
+static int enable_access(CUcontext from, CUcontext to, int from_ordinal, int to_ordinal)
+{
+    CU_CHECK(cu.cuCtxSetCurrent(from), "cuCtxSetCurrent");
+    CUresult r = cu.cuCtxEnablePeerAccess(to, 0);
+    if (r != CUDA_SUCCESS && r != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
+        return thaw_fail_context(cuda_fail(r, "cuCtxEnablePeerAccess"), "enabling cuda:%d's access to cuda:%d", from_ordinal, to_ordinal);
+    return 0;
+}
+
+static int cuda_enable_peer_access(thaw_device *dev, thaw_device *peer)
+{
+    cuda_state *a = dev->state, *b = peer->state;
+    int can_ab = 0, can_ba = 0;
+    CU_CHECK(cu.cuDeviceCanAccessPeer(&can_ab, a->device, b->device), "cuDeviceCanAccessPeer");
+    CU_CHECK(cu.cuDeviceCanAccessPeer(&can_ba, b->device, a->device), "cuDeviceCanAccessPeer");
+    if (!can_ab || !can_ba)
+        return thaw_fail(THAWCORE_ERR_CUDA, "cuda:%d and cuda:%d cannot reach each other peer to peer (cuDeviceCanAccessPeer)",
+                         dev->ordinal, peer->ordinal);
+    int rc = enable_access(b->context, a->context, peer->ordinal, dev->ordinal);
+    if (!rc)
+        rc = enable_access(a->context, b->context, dev->ordinal, peer->ordinal);
+    cu.cuCtxSetCurrent(a->context);
+    return rc;
+}
+
 static int cuda_check_range(thaw_device *dev, uint64_t address, uint64_t length, uint64_t *allocation_out)
 {
     CUdeviceptr start = 0;
@@ -458,6 +499,8 @@ static const thaw_device_ops cuda_ops = {
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
     .stream_wait = cuda_stream_wait,
+    .stream_wait_event = cuda_stream_wait_event,
+    .enable_peer_access = cuda_enable_peer_access,
     .check_range = cuda_check_range,
     .mem_alloc = cuda_mem_alloc,
     .mem_free = cuda_mem_free,

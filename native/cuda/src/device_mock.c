@@ -38,6 +38,15 @@ static void mock_token_destroy(thaw_device *dev, void *token) { (void)dev; (void
 
 static int mock_event_record(thaw_device *dev, void *event, void *stream) { (void)dev; (void)event; (void)stream; return 0; }
 static int mock_wait(thaw_device *dev, void *token) { (void)dev; (void)token; return 0; }
+static int mock_stream_wait_event(thaw_device *dev, void *stream, void *event) { (void)dev; (void)stream; (void)event; return 0; }
+
+/* Every mock device reaches every other (all of them are this process's host memory). */
+static int mock_enable_peer_access(thaw_device *dev, thaw_device *peer)
+{
+    if (dev->ordinal == peer->ordinal)
+        return thaw_fail(-EINVAL, "mock device %d cannot be its own peer", dev->ordinal);
+    return 0;
+}
 
 static int mock_mem_alloc(thaw_device *dev, uint64_t length, uint64_t *out)
 {
@@ -321,6 +330,8 @@ static const thaw_device_ops mock_ops = {
     .event_record = mock_event_record,
     .event_wait = mock_wait,
     .stream_wait = mock_wait,
+    .stream_wait_event = mock_stream_wait_event,
+    .enable_peer_access = mock_enable_peer_access,
     .check_range = mock_check_range,
     .mem_alloc = mock_mem_alloc,
     .mem_free = mock_mem_free,

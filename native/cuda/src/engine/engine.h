@@ -7,6 +7,8 @@
  *   restore.c    thawcore_engine_restore: the restore pipeline (staged: read, then DMA)
  *   zero_copy.c  the restore's zero-copy chunks (io_mode ZEROCOPY): DMA from the page cache
  *   io_policy.c  which way a restore reads its file (io_mode AUTO)
+ *   borrowed_links.c thawcore_engine_restore_borrowed: other GPUs' host links carry a share,
+ *                forwarded device to device from bounce slots on those GPUs
  *   write.c      thawcore_engine_write: the write pipeline (freeze, convert)
  *   device_ops.c device memory and IPC operations
  *   pool_copy.c  thawcore_engine_copy_host_to_device: the pool's copy lanes

@@ -28,8 +28,6 @@
  * the lanes copy. Cold 8 GB on the H200: 1.75 GB/s against 1.43 without, 1.62 O_DIRECT. */
 #define READ_AHEAD_BYTES (128ull << 20)
 
-typedef struct { restore_job *job; uint32_t lane; } lane_arg;
-
 int thaw_restore_failed(restore_job *job, int code, uint32_t region)
 {
     thaw_first_failure_record(&job->failure, code, region);
@@ -70,10 +68,29 @@ static uint32_t first_region_of(restore_job *job, const chunk_job *c)
     return first < x->first_segment + x->segment_count ? job->segments[first].region : UINT32_MAX;
 }
 
+typedef struct { restore_job *job; lane *lane; } direct_copy;
+
+static int copy_direct(void *context, uint64_t dst, const unsigned char *src, size_t length, uint32_t region)
+{
+    direct_copy *d = context;
+    thawcore_engine *e = d->job->engine;
+    int rc = thaw_fault_hit(THAWCORE_FAULT_COPY) ? thaw_fail(THAWCORE_ERR_CUDA, "cuMemcpyHtoDAsync failed (injected fault)")
+                                                 : e->dev.ops->copy_h2d_async(&e->dev, dst, src, length, d->lane->stream);
+    if (rc)
+        return thaw_restore_failed(d->job, thaw_fail_context(rc, "copying region %u of %s to the device", region, d->job->path), region);
+    return 0;
+}
+
 int thaw_restore_queue_chunk(restore_job *job, lane *l, const chunk_job *c, const unsigned char *src_base,
                              uint64_t valid_end, uint64_t *copied)
 {
-    thawcore_engine *e = job->engine;
+    direct_copy d = { job, l };
+    return thaw_restore_queue_chunk_with(job, c, src_base, valid_end, copied, copy_direct, &d);
+}
+
+int thaw_restore_queue_chunk_with(restore_job *job, const chunk_job *c, const unsigned char *src_base, uint64_t valid_end,
+                                  uint64_t *copied, thaw_piece_copy_fn copy, void *copy_context)
+{
     const thawcore_extent *x = &job->extents[c->extent];
     uint64_t chunk_end = c->file_offset + c->length;
     for (uint32_t s = first_segment_after(x, job->segments, c->file_offset); s < x->first_segment + x->segment_count; s++) {
@@ -89,13 +106,9 @@ int thaw_restore_queue_chunk(restore_job *job, lane *l, const chunk_job *c, cons
                                  job->path, seg->region, (unsigned long long)end, (unsigned long long)valid_end), seg->region);
         const unsigned char *src = src_base + (start - c->file_offset);
         if (seg->device_address) {
-            uint64_t dst = seg->device_address + (start - seg->file_offset);
-            int rc = thaw_fault_hit(THAWCORE_FAULT_COPY)
-                         ? thaw_fail(THAWCORE_ERR_CUDA, "cuMemcpyHtoDAsync failed (injected fault)")
-                         : e->dev.ops->copy_h2d_async(&e->dev, dst, src, (size_t)(end - start), l->stream);
+            int rc = copy(copy_context, seg->device_address + (start - seg->file_offset), src, (size_t)(end - start), seg->region);
             if (rc)
-                return thaw_restore_failed(job, thaw_fail_context(rc, "copying region %u of %s to the device", seg->region,
-                                                                  job->path), seg->region);
+                return rc;
             *copied += end - start;
         }
         /* The CRC runs on the CPU while the DMA just queued reads the same bytes. */
@@ -120,6 +133,22 @@ static ssize_t read_chunk(restore_job *job, unsigned char *buffer, const chunk_j
     return thaw_pread_full(job->fd, buffer, (size_t)c->length, c->file_offset);
 }
 
+int thaw_restore_read(restore_job *job, unsigned char *buffer, const chunk_job *c, uint64_t *valid_end)
+{
+    ssize_t got = read_chunk(job, buffer, c);
+    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
+        got = 0; /* the file ends where this chunk starts */
+    if (got < 0) {
+        uint32_t first_region = first_region_of(job, c);
+        return thaw_restore_failed(job, thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
+                                                  (unsigned long long)c->file_offset, first_region, strerror((int)-got)),
+                                   first_region);
+    }
+    atomic_fetch_add(&job->bytes_read, (uint64_t)got);
+    *valid_end = c->file_offset + (uint64_t)got;
+    return 0;
+}
+
 int thaw_restore_staged_chunk(restore_job *job, lane *l, uint32_t *turn, const chunk_job *c)
 {
     thawcore_engine *e = job->engine;
@@ -135,16 +164,10 @@ int thaw_restore_staged_chunk(restore_job *job, lane *l, uint32_t *turn, const c
     if ((rc = thaw_lane_slot(e, l, slot, &buffer)))
         return thaw_restore_failed(job, rc, UINT32_MAX);
 
-    ssize_t got = read_chunk(job, buffer, c);
-    if (got > 0 && thaw_fault_hit(THAWCORE_FAULT_SHORT_READ))
-        got = 0; /* the file ends where this chunk starts */
-    if (got < 0)
-        return thaw_restore_failed(job, thaw_fail((int)got, "reading %s at offset %llu (region %u): %s", job->path,
-                                                  (unsigned long long)c->file_offset, first_region, strerror((int)-got)),
-                                   first_region);
-    atomic_fetch_add(&job->bytes_read, (uint64_t)got);
-    uint64_t copied = 0;
-    if ((rc = thaw_restore_queue_chunk(job, l, c, buffer, c->file_offset + (uint64_t)got, &copied)))
+    uint64_t valid_end = 0, copied = 0;
+    if ((rc = thaw_restore_read(job, buffer, c, &valid_end)))
+        return rc;
+    if ((rc = thaw_restore_queue_chunk(job, l, c, buffer, valid_end, &copied)))
         return rc;
     rc = thaw_fault_hit(THAWCORE_FAULT_EVENT) ? thaw_fail(THAWCORE_ERR_CUDA, "cuEventRecord failed (injected fault)")
                                               : e->dev.ops->event_record(&e->dev, l->events[slot], l->stream);
@@ -156,9 +179,9 @@ int thaw_restore_staged_chunk(restore_job *job, lane *l, uint32_t *turn, const c
     return 0;
 }
 
-static void *lane_main(void *arg)
+void *thaw_restore_lane_main(void *arg)
 {
-    lane_arg *a = arg;
+    restore_lane_arg *a = arg;
     restore_job *job = a->job;
     thawcore_engine *e = job->engine;
     lane *l = &e->lanes[a->lane];
@@ -302,14 +325,18 @@ static uint64_t job_chunk_size(thawcore_engine *e, int zero_copy)
     return size - size % e->chunk;
 }
 
-int thawcore_engine_restore(thawcore_engine *e, const char *path,
-                            const thawcore_extent *extents, uint32_t extent_count,
-                            const thawcore_segment *segments, uint32_t segment_count,
-                            const thawcore_restore_options *options, thawcore_restore_stats *stats)
+static int restore_file(thawcore_engine *e, const char *path,
+                        const thawcore_extent *extents, uint32_t extent_count,
+                        const thawcore_segment *segments, uint32_t segment_count,
+                        const thawcore_restore_options *options, thawcore_restore_stats *stats,
+                        const thawcore_borrow_options *borrow, thawcore_link_stats *links, uint32_t link_capacity)
 {
     thaw_clear_error();
     if (!e || !path || (extent_count && !extents) || (segment_count && !segments))
         return thaw_fail(-EINVAL, "thawcore_engine_restore: missing argument");
+    int borrow_rc = borrow ? thaw_borrow_check(e, borrow, links, link_capacity) : 0;
+    if (borrow_rc)
+        return borrow_rc;
     if (options && options->struct_size < sizeof(thawcore_restore_options))
         return thaw_fail(-EINVAL, "thawcore_engine_restore: options from a newer ABI");
     int mode = options ? options->io_mode : THAWCORE_IO_AUTO;
@@ -401,11 +428,10 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
         if (!direct_used)
             posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
-        uint32_t lanes = e->lane_count < job.chunk_count ? e->lane_count : job.chunk_count;
-        lane_arg args[MAX_THREADS];
-        for (uint32_t i = 0; i < lanes; i++)
-            args[i] = (lane_arg){ &job, i };
-        thaw_run_workers(lanes, lane_main, args, sizeof args[0], &job.failure);
+        if (borrow)
+            thaw_borrowed_run(&job, borrow, links);
+        else
+            thaw_restore_run_lanes(&job);
         if (job.failure.code) {
             rc = job.failure.code;
             thaw_set_error_text(job.failure.text);
@@ -432,4 +458,35 @@ int thawcore_engine_restore(thawcore_engine *e, const char *path,
     thaw_first_failure_finish(&job.failure);
     pthread_mutex_unlock(&e->lock);
     return rc;
+}
+
+void thaw_restore_run_lanes(restore_job *job)
+{
+    thawcore_engine *e = job->engine;
+    uint32_t lanes = e->lane_count < job->chunk_count ? e->lane_count : job->chunk_count;
+    restore_lane_arg args[MAX_THREADS];
+    for (uint32_t i = 0; i < lanes; i++)
+        args[i] = (restore_lane_arg){ job, i };
+    thaw_run_workers(lanes, thaw_restore_lane_main, args, sizeof args[0], &job->failure);
+}
+
+int thawcore_engine_restore(thawcore_engine *e, const char *path,
+                            const thawcore_extent *extents, uint32_t extent_count,
+                            const thawcore_segment *segments, uint32_t segment_count,
+                            const thawcore_restore_options *options, thawcore_restore_stats *stats)
+{
+    return restore_file(e, path, extents, extent_count, segments, segment_count, options, stats, NULL, NULL, 0);
+}
+
+int thawcore_engine_restore_borrowed(thawcore_engine *e, const char *path,
+                                     const thawcore_extent *extents, uint32_t extent_count,
+                                     const thawcore_segment *segments, uint32_t segment_count,
+                                     const thawcore_restore_options *options, const thawcore_borrow_options *borrow,
+                                     thawcore_restore_stats *stats, thawcore_link_stats *links, uint32_t link_capacity)
+{
+    if (!borrow) {
+        thaw_clear_error();
+        return thaw_fail(-EINVAL, "thawcore_engine_restore_borrowed: missing borrow options");
+    }
+    return restore_file(e, path, extents, extent_count, segments, segment_count, options, stats, borrow, links, link_capacity);
 }
