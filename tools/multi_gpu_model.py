@@ -126,6 +126,12 @@ def scenarios(machine: Machine, chunk_bytes: float, model_gb: float = 140.0, rep
     landed = simulate(machine, shares, chunk_bytes)["seconds"]
     out["node: 8 x 8B replicas, gang as built (every share lands, then the ring)"] = shares + [
         Flow(replica / 8, node[i], chain(node[i:] + node[:i]), start=landed) for i in range(8)]
+    # One process restoring one replica onto GPU 0 while the other GPUs idle (borrowed links):
+    # its own link only, or an equal share over each of k GPUs' links, forwarded over NVLink.
+    out["node: one 8B replica onto GPU 0, its own link only"] = [Flow(replica, "host:0", [("host:0", node[0])])]
+    for k in (2, 8):
+        out[f"node: one 8B replica onto GPU 0, borrowed links ({k} GPUs' PCIe, NVLink into GPU 0)"] = [
+            Flow(replica / k, "host:0", [("host:0", node[i])] + ([(node[i], node[0])] if i else [])) for i in range(k)]
     # Eight nodes, 70B at TP=8 on each (DP=8): the 8 GPUs of one tp rank form one group.
     for rails in (8, 1):
         m = Machine(**{**machine.__dict__, "rails": rails, "rates": {}})

@@ -210,7 +210,41 @@ internal static partial class Interop
         internal static unsafe partial int EngineCopyDeviceToDevice(EngineHandle engine, DeviceCopy* copies, uint count);
 
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
-            FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8;
+            FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8, FaultBorrowSetup = 9,
+            FaultBorrowCopy = 10;
+
+        internal const int MaxHelpers = 15;         // THAWCORE_MAX_HELPERS
+        internal const int MaxHelperLanes = 8;      // THAWCORE_MAX_HELPER_LANES
+        internal const int LinkDirect = 0, LinkBorrowed = 1;
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal unsafe struct BorrowOptions
+        {
+            public uint StructSize;
+            public uint HelperCount;
+            public int* HelperOrdinals;
+            public double* LinkWeights;
+            public uint LanesPerHelper;
+            public uint Reserved;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal unsafe struct LinkStats
+        {
+            public int Ordinal;
+            public int Role;
+            public int Status;
+            public uint Lanes;
+            public ulong PlannedBytes;
+            public ulong Bytes;
+            public ulong TakenOverBytes;
+            public fixed byte Note[256];
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_restore_borrowed", StringMarshalling = StringMarshalling.Utf8)]
+        internal static unsafe partial int EngineRestoreBorrowed(EngineHandle engine, string path,
+            Extent* extents, uint extentCount, Segment* segments, uint segmentCount,
+            RestoreOptions* options, BorrowOptions* borrow, RestoreStats* stats, LinkStats* links, uint linkCapacity);
 
         [LibraryImport(Library, EntryPoint = "thawcore_fault_inject")]
         internal static partial int FaultInject(int kind, long after);

@@ -121,6 +121,8 @@ def _declare(lib):
     lib.thaw_restore_safetensors.argtypes = lib.thaw_restore.argtypes
     lib.thaw_restore_checked.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p,
                                          c.POINTER(RestoreStats), c.POINTER(c.c_void_p)]
+    lib.thaw_restore_borrowed.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_char_p,
+                                          c.POINTER(RestoreStats), c.POINTER(c.c_void_p), c.POINTER(c.c_void_p)]
     lib.thaw_freeze.argtypes = [c.c_char_p, c.POINTER(EngineRequest), c.POINTER(TensorArray), c.c_char_p, c.c_int, c.c_int]
     lib.thaw_convert.argtypes = [c.c_char_p, c.c_char_p]
     lib.thaw_pool_default_socket.argtypes = [c.POINTER(c.c_void_p)]
@@ -138,7 +140,7 @@ def _declare(lib):
     for name in ("thaw_snapshot_identity", "thaw_pool_publish", "thaw_pool_republish", "thaw_pool_withdraw", "thaw_pool_unpublish"):
         getattr(lib, name).restype = c.c_int
     for name in ("thaw_device_count", "thaw_pool_default_socket", "thaw_pool_restore", "thaw_pool_call", "thaw_pool_select",
-                 "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore", "thaw_restore_checked",
+                 "thaw_snapshot_info", "thaw_safetensors_info", "thaw_restore", "thaw_restore_checked", "thaw_restore_borrowed",
                  "thaw_restore_safetensors", "thaw_freeze", "thaw_convert", "thaw_verify", "thaw_crc32c"):
         getattr(lib, name).restype = c.c_int
 
@@ -249,21 +251,47 @@ def restore_checked(path, request, names, dtypes, shapes, addresses, capacities,
     requirements {"strict", "metadata", "missing_hint"} also coverage and metadata) and, unless
     request is None, restores into it, from one parse of the header. Returns (stats or None,
     the snapshot's description when describe, else None)."""
+    return restore_borrowed(path, request, names, dtypes, shapes, addresses, capacities, requirements, describe)[:2]
+
+
+def _borrow_json(borrow):
+    """The borrow option as the bridge reads it: None (nothing said), "auto", "off", [ordinals] or
+    {"devices", "weights", "lanes"} (True: "auto", False: "off"); the bridge checks the rest."""
+    if borrow is None:
+        return None
+    if borrow is True or borrow is False:
+        borrow = "auto" if borrow else "off"
+    if isinstance(borrow, tuple):
+        borrow = list(borrow)
+    if not isinstance(borrow, (str, list, dict)):
+        raise ValueError(f"borrow must be \"auto\", \"off\", a list of device ordinals or "
+                         f"{{devices, weights, lanes}}, not {borrow!r}")
+    return json.dumps(borrow).encode("utf-8")
+
+
+def restore_borrowed(path, request, names, dtypes, shapes, addresses, capacities, requirements=None, describe=False,
+                     borrow=None):
+    """restore_checked whose restore may borrow other devices' host links (docs/MULTI_GPU.md,
+    "Borrowed links"; $THAW_BORROW overrides borrow). Returns (stats or None, description or None,
+    links or None): links is {"links": [{device, role, bytes, ...}], "summary", "note"}."""
     lib = library()
     tensors = _Tensors(names, dtypes, shapes, addresses, capacities)
     stats = RestoreStats()
-    described = ctypes.c_void_p()
+    described, links = ctypes.c_void_p(), ctypes.c_void_p()
     text = json.dumps(requirements).encode("utf-8") if requirements else None
-    _check(lib, lib.thaw_restore_checked(_path(path), None if request is None else ctypes.byref(request),
-                                         ctypes.byref(tensors.array), text, ctypes.byref(stats),
-                                         ctypes.byref(described) if describe else None))
-    info = None
-    if describe:
-        try:
-            info = json.loads(ctypes.string_at(described).decode("utf-8"))
-        finally:
-            lib.thaw_free(described)
-    return (None if request is None else stats), info
+    _check(lib, lib.thaw_restore_borrowed(_path(path), None if request is None else ctypes.byref(request),
+                                          ctypes.byref(tensors.array), text, _borrow_json(borrow), ctypes.byref(stats),
+                                          ctypes.byref(described) if describe else None,
+                                          None if request is None else ctypes.byref(links)))
+    info = _taken_json(lib, described) if describe else None
+    return (None if request is None else stats), info, _taken_json(lib, links) if links.value else None
+
+
+def _taken_json(lib, pointer) -> dict:
+    try:
+        return json.loads(ctypes.string_at(pointer).decode("utf-8"))
+    finally:
+        lib.thaw_free(pointer)
 
 
 def pool_restore(socket, path, request, names, dtypes, shapes, addresses, capacities) -> RestoreStats:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import _native
+from . import _native, borrowed_links
 from .errors import ThawMismatchError
 
 log = logging.getLogger("thaw_vllm")
@@ -126,7 +126,7 @@ def _staging_batches(staged: list, limit: int) -> list:
     return batches + ([current] if current else [])
 
 
-def _restore(path, tensors: dict, safetensors: bool, engine_options: dict, requirements=None):
+def _restore(path, tensors: dict, safetensors: bool, engine_options: dict, requirements=None, borrow=None):
     """Restores {name: tensor} from the file, one engine call per device; destinations that
     are not contiguous go through contiguous staging copies, in bounded batches. The bridge
     checks the destination (names, dtypes, shapes, sizes, and the requirements) from the
@@ -146,19 +146,23 @@ def _restore(path, tensors: dict, safetensors: bool, engine_options: dict, requi
         staged = [(n, t) for n, t in tensors.items() if not t.is_contiguous()]
     direct = [(n, t) for n, t in tensors.items() if t.is_contiguous()]
     batches = _staging_batches(staged, STAGING_BATCH_BYTES)
-    total_bytes, total_seconds = 0, 0.0
+    total_bytes, total_seconds, links = 0, 0.0, []
     for round_index in range(max(1, len(batches))):
         pairs = [(n, torch.empty(t.shape, dtype=t.dtype, device=t.device), t) for n, t in (batches[round_index] if batches else [])]
         items = list(direct) if round_index == 0 else []
         items += [(n, stage) for n, stage, _ in pairs]
-        nbytes, seconds, described = _restore_call(path, items, safetensors, engine_options, requirements)
+        nbytes, seconds, described, round_links = _restore_call(path, items, safetensors, engine_options, requirements, borrow)
         header = header or described
+        links += round_links
         for _, stage, destination in pairs:
             destination.copy_(stage)
         total_bytes += nbytes
         total_seconds += seconds
     gbps = total_bytes / total_seconds / 1e9 if total_seconds > 0 else 0.0
-    return {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}, header
+    stats = {"bytes": total_bytes, "seconds": total_seconds, "gbps": gbps}
+    if links:
+        stats.update(borrowed_links.stats_of(links))
+    return stats, header
 
 
 def _arrays(items: list) -> list:
@@ -171,23 +175,26 @@ def _check_call(path, items: list, requirements) -> dict:
     return _native.restore_checked(path, None, *_arrays(items), requirements=requirements, describe=True)[1]
 
 
-def _restore_call(path, items: list, safetensors: bool, engine_options: dict, requirements=None):
-    """One engine call per device for [(name, contiguous tensor)]; returns (bytes, seconds, description)."""
+def _restore_call(path, items: list, safetensors: bool, engine_options: dict, requirements=None, borrow=None):
+    """One engine call per device for [(name, contiguous tensor)]; returns (bytes, seconds, description,
+    [what each call's borrowed links did])."""
     by_device = {}
     for name, tensor in items:
         by_device.setdefault(tensor.device, []).append((name, tensor))
-    total_bytes, total_seconds, header = 0, 0.0, None
+    total_bytes, total_seconds, header, links = 0, 0.0, None, []
     for device, group in by_device.items():
         request = _device_request(device, **engine_options)
         if safetensors:
             stats = _native.restore(path, request, *_arrays(group), safetensors=True)
         else:
-            stats, described = _native.restore_checked(path, request, *_arrays(group), requirements=requirements,
-                                                       describe=header is None)
+            stats, described, used = _native.restore_borrowed(path, request, *_arrays(group), requirements=requirements,
+                                                              describe=header is None, borrow=borrow)
             header = header or described
+            if used is not None and (used["links"] or used["note"]):
+                links.append(used)
         total_bytes += stats.bytes
         total_seconds += stats.seconds
-    return total_bytes, total_seconds, header
+    return total_bytes, total_seconds, header, links
 
 
 def _requirements(strict, metadata, missing_hint) -> dict:
@@ -211,15 +218,16 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     requirements = _requirements(strict, metadata, missing_hint)
     stats = None
     fill = engine_options.pop("pool_fill", True)
+    borrow = engine_options.pop("borrow", None)
     if tensors:
         stats, header = _restore_through_pool(tensors, path, pool, fill, requirements, engine_options)
     if stats is None:
-        stats, header = _restore(path, tensors, False, engine_options, requirements)
+        stats, header = _restore(path, tensors, False, engine_options, requirements, borrow)
         stats["source"] = "file"
     # Each region was restored once; aliases not tied to their original get its bytes.
     copy_untied_aliases(tensors, json.loads(header["metadata"].get(ALIASES_KEY, "{}")))
-    log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)",
-             stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"])
+    log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)%s",
+             stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"], borrowed_links.log_suffix(stats))
     return stats, header
 
 
@@ -279,7 +287,11 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     without, names the snapshot lacks are left alone. Returns {"bytes", "seconds", "gbps",
     "source"}, source being "pool" or "file" (what served the bytes).
     engine_options: io ("auto"|"buffered"|"direct"|"zerocopy"), verify (default: when the snapshot
-    records checksums; False skips them), threads, chunk_bytes, staging_bytes.
+    records checksums; False skips them), threads, chunk_bytes, staging_bytes, borrow (restores from
+    the file: other devices whose host links carry a share, forwarded device to device: "auto" every
+    other device, "off" (the default), [ordinals], or {"devices", "weights", "lanes"}; $THAW_BORROW
+    overrides it; stats "links" and "links_summary" say which links served how many bytes;
+    docs/MULTI_GPU.md, "Borrowed links").
     pool: "auto" (this user's automatic pool, started when none runs), "off" or False, a `thaw pool`
     socket path (True: the default one); None (the default): $THAW_POOL, else "auto" for CUDA
     destinations and off for CPU ones (docs/POOL.md, "Automatic mode"). A pool that does
@@ -312,8 +324,10 @@ def load_state_dict(path, device="cpu", **engine_options) -> dict:
     """
     header = info(path)
     state = _arena_views(header, torch.device(device), aligned=False)
-    stats, _ = _restore(path, state, False, engine_options)
-    log.info("thaw: loaded %d bytes from %s in %.3f s (%.2f GB/s)", stats["bytes"], path, stats["seconds"], stats["gbps"])
+    borrow = engine_options.pop("borrow", None)
+    stats, _ = _restore(path, state, False, engine_options, borrow=borrow)
+    log.info("thaw: loaded %d bytes from %s in %.3f s (%.2f GB/s)%s", stats["bytes"], path, stats["seconds"], stats["gbps"],
+             borrowed_links.log_suffix(stats))
     for alias, original in json.loads(header["metadata"].get(ALIASES_KEY, "{}")).items():
         state[alias] = state[original]
     return state
@@ -321,6 +335,8 @@ def load_state_dict(path, device="cpu", **engine_options) -> dict:
 
 def load_safetensors(path, device="cpu", **engine_options) -> dict:
     """Streams one plain safetensors file into new tensors on device through the engine."""
+    if engine_options.pop("borrow", None) not in (None, "off", False):
+        raise ValueError("borrow applies to snapshot restores, not to streaming a safetensors checkpoint")
     header = _native.safetensors_info(path)
     state = _arena_views(header, torch.device(device), aligned=True)
     engine_options.pop("verify", None)  # safetensors records no checksums

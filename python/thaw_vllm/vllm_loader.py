@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import torch_io, vllm_capture
+from . import borrowed_links, torch_io, vllm_capture
 from .errors import ThawError
 from .vllm_config import fingerprint, parallel_ranks, rank_file
 
@@ -53,6 +53,18 @@ def _pool(key, value):
         raise ValueError(f"load_format='thaw': pool must be \"auto\", \"off\", true, false or a socket path, not {value!r}")
 
 
+def _borrow(key, value):
+    if value in ("auto", "off") or isinstance(value, bool):
+        return
+    devices = value.get("devices") if isinstance(value, dict) else value
+    if isinstance(value, dict) and not set(value) <= {"devices", "weights", "lanes"}:
+        raise ValueError(f"load_format='thaw': borrow takes the keys devices, weights and lanes, not {sorted(value)}")
+    if devices != "auto" and not (isinstance(devices, list) and devices
+                                  and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)):
+        raise ValueError(f"load_format='thaw': borrow must be \"auto\", \"off\", a list of GPU ordinals such as [1, 2, 3] "
+                         f"or {{devices, weights, lanes}}, not {value!r}")
+
+
 def _multicast(key, value):
     from .multicast import group_from_config
     group_from_config(value)  # raises ValueError naming the field
@@ -83,6 +95,9 @@ EXTRA_KEYS = {
     "gang": ("join a gang {store: host:port, rank, size, ...} of engines restoring the same snapshot: each reads its "
              "share and receives the rest from the others (docs/MULTI_GPU.md); members it does not complete restore "
              "their own file", _gang),
+    "borrow": ("restores from the file also use other GPUs' host links, forwarding their share over NVLink: \"auto\" "
+               "(every other GPU), \"off\" (the default), [GPU ordinals] or {devices, weights, lanes}; $THAW_BORROW "
+               "overrides it; the rank line says which links served the bytes (docs/MULTI_GPU.md)", _borrow),
     "compile_cache": ("write the torch.compile cache frozen beside the snapshot into VLLM_CACHE_ROOT before vLLM "
                       "compiles (default true)", _flag),
 }
@@ -107,9 +122,12 @@ def validate_extra_config(extra) -> dict:
 
 
 def engine_options(extra) -> dict:
-    return {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": None if extra.get("verify") is None else bool(extra["verify"]),
-            "threads": int(extra.get("threads", 0)), "chunk_bytes": int(extra.get("chunk_mib", 0)) << 20,
-            "staging_bytes": int(extra.get("staging_mib", 0)) << 20}
+    options = {"pool": extra.get("pool"), "io": extra.get("io", "auto"), "verify": None if extra.get("verify") is None else bool(extra["verify"]),
+               "threads": int(extra.get("threads", 0)), "chunk_bytes": int(extra.get("chunk_mib", 0)) << 20,
+               "staging_bytes": int(extra.get("staging_mib", 0)) << 20}
+    if "borrow" in extra:
+        options["borrow"] = extra["borrow"]
+    return options
 
 
 def _initialize_model(vllm_config, model_config, prefix):
@@ -216,7 +234,8 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
         header = torch_io.check_destination(tensors, path, **checks)
         first_worker = not any((ranks.tp_rank, ranks.pp_rank, ranks.dp_rank, ranks.pcp_rank))
         group = join_from_config(multicast if multicast is not None else gang, ranks.file_parts(), first_worker)
-        stats = group_restore(tensors, path, group, strict=True, **options)
+        group_options = {k: v for k, v in options.items() if k != "borrow"}  # borrowed links serve a restore of one's own
+        stats = group_restore(tensors, path, group, strict=True, **group_options)
         served = stats["path"]
         if served == "gang":
             served = f"gang (its share of {stats['share_bytes']} bytes via {stats['share_path']})"
@@ -225,8 +244,8 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
         served = "peer" if stats.get("via") == "peer" else stats["source"]
     vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started
-    log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)", ranks.describe(), stats["bytes"],
-             path, served, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0)
+    log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)%s", ranks.describe(), stats["bytes"],
+             path, served, seconds, stats["bytes"] / seconds / 1e9 if seconds else 0.0, borrowed_links.log_suffix(stats))
     if publishing:
         vllm_peer.after_restore(model, tensors, path, identity, options.get("pool"), ranks.describe(), publish)
     return stats

@@ -137,21 +137,34 @@ public static unsafe partial class Exports
     public static int RestoreChecked(byte* path, EngineRequest* request, TensorArray* tensors, byte* requirementsJson,
         RestoreStatsOut* stats, byte** infoOut) => Guard(() =>
     {
+        RestoreCheckedWith(path, request, tensors, requirementsJson, stats, infoOut, null);
+        return 0;
+    });
+
+    /// <summary>thaw_restore_checked's body; with <paramref name="borrow"/> the restore may borrow links
+    /// (BorrowExports.cs). Returns the restore's result, or null when only the checks ran.</summary>
+    private static RestoreResult? RestoreCheckedWith(byte* path, EngineRequest* request, TensorArray* tensors, byte* requirementsJson,
+        RestoreStatsOut* stats, byte** infoOut, BorrowedLinks? borrow)
+    {
         Snapshot snapshot = SnapshotReader.Read(Text(path, "path"));
         var requirements = requirementsJson == null ? new DestinationRequirements()
             : DestinationRequirements.Parse(Text(requirementsJson, "requirements"));
         List<RestoreTarget> targets = DestinationCheck.Resolve(snapshot, Targets(tensors), requirements);
+        RestoreResult? result = null;
         if (request == null)
             RestorePlan.Create(snapshot, targets);
         else
-            RestoreTargets(snapshot, request, targets, stats);
+            result = RestoreTargets(snapshot, request, targets, stats, borrow);
         if (infoOut != null)
             *infoOut = ToNative(SnapshotJson.Describe(snapshot));
-        return 0;
-    });
+        return result;
+    }
 
-    private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats) =>
+    private static int RestoreFrom(Snapshot snapshot, EngineRequest* request, TensorArray* tensors, RestoreStatsOut* stats)
+    {
         RestoreTargets(snapshot, request, Targets(tensors), stats);
+        return 0;
+    }
 
     /// <summary>Restores tensors of a snapshot through a pool into caller memory: the caller hands
     /// over device pointers only; the IPC handles come from the core. A snapshot the pool does not
@@ -199,13 +212,15 @@ public static unsafe partial class Exports
         return targets;
     }
 
-    private static int RestoreTargets(Snapshot snapshot, EngineRequest* request, List<RestoreTarget> targets, RestoreStatsOut* stats)
+    private static RestoreResult RestoreTargets(Snapshot snapshot, EngineRequest* request, List<RestoreTarget> targets, RestoreStatsOut* stats,
+        BorrowedLinks? borrow = null)
     {
         ThawEngine engine = Engines.Get(*request);
         RestoreResult r = engine.RestoreInto(snapshot, targets, new RestoreOptions
         {
             IoMode = (IoMode)request->IoMode,
             Verify = request->Verify < 0 ? null : request->Verify != 0,
+            Borrow = borrow,
         });
         if (stats != null)
             *stats = new RestoreStatsOut
@@ -213,7 +228,7 @@ public static unsafe partial class Exports
                 Bytes = r.Bytes, BytesRead = r.BytesRead, Seconds = r.Seconds, IoMode = (int)r.IoModeUsed, Threads = r.Threads,
                 Source = (int)(r.IoModeUsed == IoMode.Direct ? RestoreSource.Disk : RestoreSource.PageCache),
             };
-        return 0;
+        return r;
     }
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_freeze")]

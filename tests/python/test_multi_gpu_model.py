@@ -68,7 +68,7 @@ def test_the_command_writes_every_scenario(tmp_path, capsys):
     out = tmp_path / "model.json"
     model.main(["--out", str(out), "--chunk-mib", "64"])
     saved = json.loads(out.read_text())
-    assert saved["chunk_mib"] == 64 and len(saved["results"]) == 9
+    assert saved["chunk_mib"] == 64 and len(saved["results"]) == 12
     assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in saved["results"].values())
     assert "gang" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -85,3 +85,14 @@ def test_the_gang_as_built_pays_its_shares_then_its_ring():
     ring = 7 * chunks * (32 * MIB / (385.0 * model.GB) + 30e-6)  # every NVLink port carries seven shares
     assert built["seconds"] == pytest.approx(shares + ring, rel=0.05)
     assert streamed["seconds"] < built["seconds"] and built["busiest"] == "host:0"
+
+
+def test_borrowed_links_are_bound_by_the_host_or_the_links_not_by_one_pcie_link():
+    results = model.run(machine(host_gbps=220.0), 32 * MIB)
+    alone = results["node: one 8B replica onto GPU 0, its own link only"]
+    pair = results["node: one 8B replica onto GPU 0, borrowed links (2 GPUs' PCIe, NVLink into GPU 0)"]
+    eight = results["node: one 8B replica onto GPU 0, borrowed links (8 GPUs' PCIe, NVLink into GPU 0)"]
+    assert alone["seconds"] == pytest.approx(16.06e9 / (55.0 * model.GB), rel=0.06)  # plus 30 us a chunk
+    assert pair["seconds"] == pytest.approx(alone["seconds"] / 2, rel=0.05) and pair["busiest"].startswith("pcie:")
+    # Eight links carry 2 GB each (0.036 s) and GPU 0's NVLink in 14 GB (0.036 s): host memory decides.
+    assert eight["seconds"] == pytest.approx(16.06e9 / (220.0 * model.GB), rel=0.05) and eight["busiest"] == "host:0"

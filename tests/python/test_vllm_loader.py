@@ -378,7 +378,10 @@ def test_without_a_snapshot_the_checkpoint_streams_into_load_weights(tmp_path):
     ({"verify": "yes"}, "verify must be true or false"),
     ({"pool": 3}, "pool must be"),
     ({"publish": "yes"}, "publish must be true or false"),
-    ({"publish": True}, "set pool too")])
+    ({"publish": True}, "set pool too"),
+    ({"borrow": "fast"}, "borrow must be"),
+    ({"borrow": [1, -2]}, "borrow must be"),
+    ({"borrow": {"devices": [1], "rate": 2}}, "borrow takes the keys devices, weights and lanes")])
 def test_extra_config_is_validated_with_clear_errors(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         engine(tmp_path, "thaw", extra)
@@ -475,3 +478,15 @@ def test_publish_key_publishes_after_the_restore_or_says_why_not(tmp_path, caplo
     [why] = [r for r in caplog.records if "did not publish" in r.message]
     assert why.levelno == logging.WARNING and "for the next instance" in why.message
     assert any("via file" in r.message for r in caplog.records)
+
+
+def test_borrow_key_spreads_a_file_restore_and_the_rank_line_names_the_links(tmp_path, caplog):
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    reference = engine(checkpoint)
+    thaw_vllm.freeze_vllm(reference, tmp_path / "snap")
+    extra = {"snapshot": str(tmp_path / "snap"), "pool": "off", "borrow": [1, 2], "chunk_mib": 0}
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        restored = engine(checkpoint, "thaw", extra)
+    assert_same(reference.worker.get_model(), restored.worker.get_model())
+    [line] = [r.message for r in caplog.records if "rank" in r.message and "restored" in r.message]
+    assert "via file" in line and ", links: mock-0 " in line and " direct, mock-1 " in line and "mock-2" in line

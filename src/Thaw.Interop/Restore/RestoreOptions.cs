@@ -26,6 +26,9 @@ public sealed record RestoreOptions
     public bool? Verify { get; init; }
     /// <summary>Called with (bytes done, bytes total) from worker threads, about ten times a second.</summary>
     public Action<long, long>? Progress { get; init; }
+    /// <summary>Other devices whose host links carry a share of the bytes (docs/MULTI_GPU.md, "Borrowed
+    /// links"); null or <see cref="BorrowedLinks.Off"/>: the destination's own link only.</summary>
+    public BorrowedLinks? Borrow { get; init; }
     /// <summary>Cancels the restore at its next chunk (a <see cref="ThawException"/> of kind <see cref="ThawErrorKind.Canceled"/>).</summary>
     public CancellationToken CancellationToken { get; init; }
 }
@@ -38,6 +41,13 @@ public sealed record RestoreResult(long Bytes, long BytesRead, double Seconds, I
     public int FallbackChunks { get; init; }
     /// <summary>Every region's CRC32C was checked.</summary>
     public bool Verified { get; init; }
+
+    /// <summary>With borrowed links: what each link (the destination's own first) carried; else empty.</summary>
+    public IReadOnlyList<LinkShare> Links { get; init; } = [];
+    /// <summary>Why borrowed links asked for did nothing (the destination is the only device); else null.</summary>
+    public string? LinksNote { get; init; }
+    /// <summary>"links: mock-0 5.1 GB direct, mock-1 5.0 GB borrowed", or null without borrowed links.</summary>
+    public string? LinksSummary => Links.Count > 0 ? LinkShare.Summary(Links) : null;
 
     /// <summary>Tensor bytes per second, in GB/s (10^9).</summary>
     public double GigabytesPerSecond => Seconds > 0 ? Bytes / Seconds / 1e9 : 0;

@@ -101,12 +101,13 @@ public sealed partial class ThawEngine : IDisposable
                     ProgressUser = options.Progress is null ? 0 : GCHandle.ToIntPtr(progress),
                 };
                 RestoreStats stats = new() { FailedRegion = uint.MaxValue }; // an early refusal names no region
-                int rc = EngineRestore(_handle, snapshot.Path, extents, (uint)plan.Extents.Length,
-                    segments, (uint)plan.Segments.Length, &native, &stats);
+                int rc = RunRestore(snapshot.Path, extents, (uint)plan.Extents.Length, segments, (uint)plan.Segments.Length,
+                    &native, &stats, options.Borrow, out IReadOnlyList<LinkShare> links, out string? linksNote);
                 if (rc < 0)
                     throw NativeErrors.FromCode(rc, NamingTheTensor(snapshot, stats.FailedRegion, NativeErrors.LastMessage()));
                 return new RestoreResult((long)stats.BytesCopied, (long)stats.BytesRead, stats.Seconds,
-                    (IoMode)stats.IoModeUsed, (int)stats.Threads) { FallbackChunks = (int)stats.FallbackChunks, Verified = verify };
+                    (IoMode)stats.IoModeUsed, (int)stats.Threads)
+                { FallbackChunks = (int)stats.FallbackChunks, Verified = verify, Links = links, LinksNote = linksNote };
             }
         }
         finally
