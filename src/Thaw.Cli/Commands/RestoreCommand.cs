@@ -22,6 +22,9 @@ internal sealed class RestoreCommand : Command
     private readonly Option<string> _pool = Flags.Text("--pool", "auto: through this user's automatic pool, started when none runs; off; or the pool serving on SOCKET " +
         "(default: $THAW_POOL, else auto for cuda and off for mock; falls back to the file, docs/POOL.md)", "auto|off|SOCKET");
     private readonly Option<bool> _noPoolFill = Flags.Switch("--no-pool-fill", "with --pool: when the pool does not hold the snapshot, restore from the file without having the pool read it too");
+    private readonly Option<string> _borrow = Flags.Text("--borrow", "restoring from the file, also carry shares over other devices' host links, " +
+        "forwarded device to device: auto (every other device), off (default), or ordinals such as 1,2,3 ($THAW_BORROW overrides it; docs/MULTI_GPU.md)",
+        "auto|off|N,N");
     private readonly Option<bool> _quiet = Flags.Switch("--quiet", "no progress on stderr");
 
     public RestoreCommand() : base("restore", "restore into memory the engine allocates, and time it")
@@ -35,13 +38,19 @@ internal sealed class RestoreCommand : Command
         Add(_repeat);
         Add(_pool);
         Add(_noPoolFill);
+        Add(_borrow);
         Add(_quiet);
         SetAction(Run);
     }
 
     private int Run(ParseResult parse)
     {
-        var options = new RestoreOptions { IoMode = parse.GetValue(_io) ?? IoMode.Auto, Verify = parse.GetValue(_noVerify) ? false : parse.GetValue(_verify) ? true : null };
+        string? borrow = parse.GetValue(_borrow);
+        var options = new RestoreOptions
+        {
+            IoMode = parse.GetValue(_io) ?? IoMode.Auto, Verify = parse.GetValue(_noVerify) ? false : parse.GetValue(_verify) ? true : null,
+            Borrow = BorrowedLinks.Decide(borrow is null ? null : BorrowedLinks.Parse(borrow)),
+        };
         bool check = parse.GetValue(_check);
         string? pool = parse.GetValue(_pool);
         int repeat = (int)parse.GetValue(_repeat);
@@ -64,6 +73,7 @@ internal sealed class RestoreCommand : Command
                 seconds.Add(r.Seconds);
                 Console.Out.WriteLine($"restore: {r.Bytes} bytes ({Units.Size(r.Bytes)}) to {Target(engine)} " +
                     $"in {r.Seconds:F3} s = {r.GigabytesPerSecond:F2} GB/s ({r.IoModeUsed.ToString().ToLowerInvariant()} io, {r.Threads} threads{(r.Verified ? ", verified" : "")}{(r.FallbackChunks > 0 ? $", {r.FallbackChunks} chunks staged" : "")})");
+                ReportLinks(r, i == 0);
             }
             PrintMedian(seconds, snapshot.TensorBytes, "");
             if (check)
@@ -101,6 +111,18 @@ internal sealed class RestoreCommand : Command
         }
         PrintMedian(seconds, snapshot.TensorBytes, " through the pool");
         return true;
+    }
+
+    /// <summary>Which links served the bytes; why a helper was left out or dropped; the only-device note once.</summary>
+    private static void ReportLinks(RestoreResult r, bool first)
+    {
+        if (first && r.LinksNote is not null)
+            Console.Error.WriteLine($"thaw: {r.LinksNote}");
+        if (r.LinksSummary is not null)
+            Console.Out.WriteLine(r.LinksSummary);
+        string[] notes = r.Links.Where(l => l.Note != "").Select(l => l.Note).ToArray();
+        if (notes.Length > 0)
+            Console.Error.WriteLine($"thaw: borrowed links: {string.Join("; ", notes)}");
     }
 
     private static string Target(ThawEngine engine) => $"{engine.Kind.ToString().ToLowerInvariant()}:{engine.Ordinal}";
