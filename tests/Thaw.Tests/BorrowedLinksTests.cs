@@ -23,19 +23,11 @@ public class BorrowedLinksTests
         _files.Dispose();
     }
 
-    private static List<TestFiles.HostTensor> ModelTensors(int count, int seed)
-    {
-        var random = new Random(seed);
-        return Enumerable.Range(0, count)
-            .Select(i => new TestFiles.HostTensor($"layers.{i}.weight", DType.F16, [random.Next(1, 300), random.Next(1, 900)], seed + i))
-            .ToList();
-    }
-
     /// <summary>Restores a generated model into an arena of mock device 3 with <paramref name="borrow"/>,
     /// checks every byte, and returns the result.</summary>
     private RestoreResult RestoreChecked(BorrowedLinks borrow)
     {
-        List<TestFiles.HostTensor> tensors = ModelTensors(40, 8);
+        List<TestFiles.HostTensor> tensors = RestoreTests.ModelTensors(40, 8);
         using var engine = ThawEngine.Create(DeviceKind.Mock, 3, new EngineSettings { ChunkBytes = 64 << 10, StagingBytes = 1 << 20, IoThreads = 2 });
         Snapshot s = TestFiles.Freeze(engine, _files.PathOf("model.thaw"), tensors);
         ulong arena = engine.Allocate(s.DataLength);

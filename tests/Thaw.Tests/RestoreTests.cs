@@ -15,7 +15,7 @@ public class RestoreTests
     [TearDown]
     public void TearDown() => _files.Dispose();
 
-    private static List<TestFiles.HostTensor> ModelTensors(int count, int seed)
+    internal static List<TestFiles.HostTensor> ModelTensors(int count, int seed)
     {
         var random = new Random(seed);
         return Enumerable.Range(0, count)

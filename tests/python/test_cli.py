@@ -112,6 +112,14 @@ def test_flags_take_either_spelling_and_restore_checks(snapshot):
     assert "median:" in r.stdout and "check: all 2 tensors are bit-identical" in r.stdout
 
 
+def test_restore_borrow_names_the_links_and_refuses_the_destination(snapshot):
+    r = thaw("restore", snapshot, "--device=mock", "--ordinal", "2", "--pool", "off", "--borrow", "0,5", "--check")
+    assert r.returncode == 0, r.stderr
+    assert "links: mock-2 " in r.stdout and " borrowed, mock-5 " in r.stdout and "bit-identical" in r.stdout
+    r = thaw("restore", snapshot, "--device=mock", "--pool", "off", "--borrow", "0")
+    assert r.returncode != 0 and "device 0 is the destination itself" in r.stderr
+
+
 def test_completion_comes_from_the_executable():
     suggestions = thaw("[suggest:17]", "thaw restore --st").stdout.split()
     assert suggestions == ["--staging-mib"]
