@@ -199,9 +199,9 @@ def test_a_restore_parses_the_header_once_in_the_bridge(tmp_path, monkeypatch):
     path = tmp_path / "once.thaw"
     thaw_vllm.freeze({"w": torch.randn(4, 4), "b": torch.randn(3)}, path)
     calls = []
-    real = _native.restore_checked
+    real = _native.restore_borrowed  # restore_checked's restoring form: one bridge call checks and restores
     monkeypatch.setattr(_native, "snapshot_info", lambda p: pytest.fail("restore_into parsed the header in Python"))
-    monkeypatch.setattr(_native, "restore_checked", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(_native, "restore_borrowed", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     destination = {"w": torch.zeros(4, 4), "b": torch.zeros(3)}
     thaw_vllm.restore_into(destination, path)
     assert calls == [path] and destination["w"].abs().sum() > 0

@@ -349,10 +349,8 @@ static void *helper_lane_main(void *arg)
     if (rc)
         drop(h, rc, "binding a thread to it");
     while (!atomic_load(&job->failure.failed) && !atomic_load(&h->dropped)) {
-        if (job->options && job->options->cancel && *job->options->cancel) {
-            thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
+        if (thaw_restore_cancelled(job))
             break;
-        }
         uint32_t index = atomic_fetch_add(&h->next, 1);
         if (index >= h->share_end)
             break;

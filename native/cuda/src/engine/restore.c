@@ -34,6 +34,14 @@ int thaw_restore_failed(restore_job *job, int code, uint32_t region)
     return code;
 }
 
+int thaw_restore_cancelled(restore_job *job)
+{
+    if (!job->options || !job->options->cancel || !*job->options->cancel)
+        return 0;
+    thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
+    return 1;
+}
+
 static void report_progress(restore_job *job, uint64_t done)
 {
     const thawcore_restore_options *o = job->options;
@@ -192,10 +200,8 @@ void *thaw_restore_lane_main(void *arg)
     }
     uint32_t turn = 0, zero_copy_turn = 0;
     while (!atomic_load(&job->failure.failed)) {
-        if (job->options && job->options->cancel && *job->options->cancel) {
-            thaw_restore_failed(job, thaw_fail(THAWCORE_ERR_CANCELED, "restore of %s was cancelled", job->path), UINT32_MAX);
+        if (thaw_restore_cancelled(job))
             break;
-        }
         uint32_t index = atomic_fetch_add(&job->next_chunk, 1);
         if (index >= job->chunk_count)
             break;

@@ -39,6 +39,8 @@ typedef struct {
 } restore_job;
 
 int thaw_restore_failed(restore_job *job, int code, uint32_t region);
+/* Non-zero, and the restore failed as cancelled, once the caller's cancel flag is set. */
+int thaw_restore_cancelled(restore_job *job);
 
 /* Queues one piece of a chunk (bytes of `region` at src, for device address dst); returns non-zero
  * only for a failure of the restore, which it has recorded. */
