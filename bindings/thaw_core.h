@@ -307,6 +307,60 @@ typedef struct thawcore_device_copy {
  * or host memory. The caller bounds each copy by the lengths ipc_open returned. */
 int thawcore_engine_copy_device_to_device(thawcore_engine *engine, const thawcore_device_copy *copies, uint32_t count);
 
+/* Shared host copies (docs/POOL.md, "Shared host copies"): host memory the pool fills once
+ * and hands to clients as descriptors, so that each client copies to its own device itself and
+ * the pool opens no handle of the client's memory. CUDA: cuMemCreate host memory of the GPU's
+ * NUMA node, exported as POSIX descriptors (a client that imports one could also map it
+ * writable: serve them to the pool's own uid only). Mock: a memfd, exported read-only. */
+#define THAWCORE_SHARE_MAX_CHUNKS 240 /* descriptors of one copy: inside one SCM_RIGHTS message */
+typedef struct thawcore_share thawcore_share;
+
+/* Reserves length bytes (1 byte to 64 TiB) of address range for a shared copy, backed by
+ * nothing yet; chunks are at least 256 MiB and at most THAWCORE_SHARE_MAX_CHUNKS. */
+int thawcore_share_create(thawcore_engine *engine, uint64_t length, thawcore_share **out);
+/* Where the copy lies in this process (readable and writable by the CPU once backed). */
+void *thawcore_share_address(const thawcore_share *share);
+uint32_t thawcore_share_chunks(const thawcore_share *share);
+/* Backs every chunk that [offset, offset + length) touches with memory (thread-safe). */
+int thawcore_share_back(thawcore_share *share, uint64_t offset, uint64_t length);
+/* New descriptors for every chunk, and their lengths; the caller closes the descriptors.
+ * Every chunk must be backed. Returns the number of chunks. */
+int thawcore_share_export(thawcore_share *share, int32_t *fds, uint64_t *lengths, uint32_t capacity);
+/* Unmaps and releases the copy; clients that mapped it keep their mappings until they release them. */
+void thawcore_share_destroy(thawcore_share *share);
+
+/* Where a copy from a shared host copy spent its time. */
+typedef struct thawcore_share_copy_stats {
+    double map_seconds;             /* importing and mapping the chunks */
+    double grant_seconds;           /* the grant thread's life (overlapped with the copies) */
+    double wait_seconds;            /* lanes waiting for a chunk's grant, per lane */
+    double copy_seconds;            /* from the first copy queued to the last one complete */
+    double seconds;                 /* the whole call */
+    uint32_t chunks;
+    uint32_t lanes;
+} thawcore_share_copy_stats;
+
+/* Client side: maps the chunks the pool sent (fds, with their lengths, back to back), grants
+ * the engine's device read access chunk by chunk while the lanes copy the chunks granted, and
+ * releases the mapping on a thread of its own once the copies are complete (the next call or
+ * thawcore_engine_destroy waits for it; THAWCORE_SHARE_RELEASE=sync releases before returning).
+ * copies[i].host_address is an OFFSET into the shared copy. The announcement is checked before
+ * anything is mapped: 1 to THAWCORE_SHARE_MAX_CHUNKS chunks, lengths multiples of the backend's
+ * granularity, every copy inside. Takes the descriptors: closes every one of them, also on
+ * failure. stats may be NULL. */
+int thawcore_engine_copy_from_share(thawcore_engine *engine, const int32_t *fds, const uint64_t *lengths, uint32_t chunks,
+                                    const thawcore_copy *copies, uint32_t count, thawcore_share_copy_stats *stats);
+
+/* Sends length bytes on a connected Unix socket with fds attached to the first of them
+ * (SCM_RIGHTS; count <= THAWCORE_SHARE_MAX_CHUNKS), waiting up to timeout_ms for room. */
+int thawcore_send_with_fds(int32_t socket, const void *data, uint64_t length, const int32_t *fds, uint32_t count, int32_t timeout_ms);
+/* Receives one line (through its '\n', which is not stored) from a Unix socket, and the
+ * descriptors sent with it (CLOEXEC). More bytes than capacity, more descriptors than
+ * fd_capacity, or no line within timeout_ms: an error, and every descriptor received is
+ * closed. Reads nothing past the newline (so never the next line's descriptors). */
+int thawcore_receive_line_with_fds(int32_t socket, void *buffer, uint64_t capacity, uint64_t *length_out,
+                                   int32_t *fds, uint32_t fd_capacity, uint32_t *fd_count, int32_t timeout_ms);
+
 /* Test support. Arms one fault for the whole process: the after-th time (counting
  * from 0) the core reaches a point of that kind, it fails there as the real fault
  * would. after < 0 disarms. Returns how many times the previously armed fault fired. */

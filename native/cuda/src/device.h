@@ -8,6 +8,7 @@
 
 typedef struct thaw_device thaw_device;
 struct thawcore_ipc_peer;
+struct thaw_share_ops;
 
 typedef struct thaw_device_ops {
     const char *name;
@@ -48,6 +49,8 @@ typedef struct thaw_device_ops {
     int (*ipc_close)(thaw_device *dev, uint64_t address);
     int (*ipc_handle)(thaw_device *dev, uint64_t address, void *handle_out, uint32_t capacity);
     void (*close)(thaw_device *dev);
+    /* Shared host copies (share.h). */
+    const struct thaw_share_ops *share;
 } thaw_device_ops;
 
 struct thaw_device {

@@ -3,6 +3,7 @@
  * The primary context is used, which is the one PyTorch uses: addresses that
  * PyTorch allocated are valid destinations. */
 #include "device.h"
+#include "share.h"
 #include "error.h"
 #include "thaw_core.h"
 
@@ -512,6 +513,7 @@ static const thaw_device_ops cuda_ops = {
     .ipc_close = cuda_ipc_close,
     .ipc_handle = cuda_ipc_handle,
     .close = cuda_close,
+    .share = &thaw_share_ops_cuda,
 };
 
 int thaw_device_count_cuda(void)

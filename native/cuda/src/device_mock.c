@@ -1,6 +1,7 @@
 /* The mock device: "device addresses" are host pointers and copies are memcpy,
  * so the whole pipeline runs, and is tested, on machines without a GPU. */
 #include "device.h"
+#include "share.h"
 #include "error.h"
 #include "thaw_core.h"
 
@@ -343,6 +344,7 @@ static const thaw_device_ops mock_ops = {
     .ipc_close = mock_ipc_close,
     .ipc_handle = mock_ipc_handle,
     .close = mock_close,
+    .share = &thaw_share_ops_mock,
 };
 
 static int check_ordinal(int ordinal)

@@ -11,7 +11,9 @@
  *                forwarded device to device from bounce slots on those GPUs
  *   write.c      thawcore_engine_write: the write pipeline (freeze, convert)
  *   device_ops.c device memory and IPC operations
- *   pool_copy.c  thawcore_engine_copy_host_to_device: the pool's copy lanes
+ *   pool_copy.c  thawcore_engine_copy_host_to_device: the copy lanes from pinned host memory
+ *   share.c      thawcore_share_*: the pool's shared host copies, backed chunk by chunk
+ *   share_copy.c thawcore_engine_copy_from_share: a client's copies from a shared host copy
  *   peer_copy.c  thawcore_engine_peer_copy: a peer's allocations opened, copied into and
  *                closed on those lanes, pipelined
  *   device_copy.c thawcore_engine_copy_device_to_device: the pool serving from a live publisher
@@ -57,13 +59,33 @@ struct thawcore_engine {
     uint64_t chunk;
     lane *lanes;
     pthread_mutex_t lock; /* one restore or write at a time: they share the staging */
+    /* The last copy from a shared host copy unmaps it on a thread of its own (share_copy.c). */
+    pthread_t share_release;
+    int share_release_pending;
 };
+
+/* Waits for a shared host copy still being unmapped (share_copy.c); a no-op when none is. */
+void thaw_share_release_join(thawcore_engine *e);
 
 /* The staging slot of a lane, pinned on its first use by the lane's own thread, so a
  * new engine starts at once and paths that need no staging never pin it. */
 int thaw_lane_slot(thawcore_engine *e, lane *l, uint32_t slot, unsigned char **out);
 
 double thaw_now_seconds(void);
+
+/* What copy lanes ask before each piece of a copy from memory that becomes readable bit by bit
+ * (a shared host copy whose chunks are granted while earlier ones copy): wait blocks until
+ * [.., source_end) may be read (or `stop` is set, or the grant failed: an error), copy queues it. */
+typedef struct thaw_copy_gate {
+    void *context;
+    int (*wait)(void *context, uint64_t source_end, const atomic_int *stop);
+    int (*copy)(thaw_device *dev, uint64_t dst, const void *src, size_t length, void *stream);
+    void (*waited)(void *context, double seconds); /* a lane's time in wait, told once at its end */
+} thaw_copy_gate;
+
+/* Runs the copies over all lanes in pieces and waits for them; the caller holds e->lock.
+ * gate may be NULL (the source is readable already; copies by the device's copy_h2d_async). */
+int thaw_copy_lanes(thawcore_engine *e, const thawcore_copy *copies, uint32_t count, const thaw_copy_gate *gate);
 
 /* The size of the pieces the pool's copies are cut into (THAWCORE_COPY_PIECE_MIB, else 64 MiB). */
 uint64_t thaw_pool_copy_piece(void);
