@@ -209,6 +209,49 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_device_to_device")]
         internal static unsafe partial int EngineCopyDeviceToDevice(EngineHandle engine, DeviceCopy* copies, uint count);
 
+        internal const int ShareMaxChunks = 240;
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_create")]
+        internal static unsafe partial int ShareCreate(EngineHandle engine, ulong length, out nint share);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_address")]
+        internal static partial nint ShareAddress(nint share);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_chunks")]
+        internal static partial uint ShareChunks(nint share);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_back")]
+        internal static partial int ShareBack(nint share, ulong offset, ulong length);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_export")]
+        internal static unsafe partial int ShareExport(nint share, int* fds, ulong* lengths, uint capacity);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_share_destroy")]
+        internal static partial void ShareDestroy(nint share);
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct ShareCopyStats
+        {
+            public double MapSeconds;
+            public double GrantSeconds;
+            public double WaitSeconds;
+            public double CopySeconds;
+            public double Seconds;
+            public uint Chunks;
+            public uint Lanes;
+        }
+
+        [LibraryImport(Library, EntryPoint = "thawcore_engine_copy_from_share")]
+        internal static unsafe partial int EngineCopyFromShare(EngineHandle engine, int* fds, ulong* lengths, uint chunks,
+            Copy* copies, uint count, ShareCopyStats* stats);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_send_with_fds")]
+        internal static unsafe partial int SendWithFds(int socket, byte* data, ulong length, int* fds, uint count, int timeoutMs);
+
+        [LibraryImport(Library, EntryPoint = "thawcore_receive_line_with_fds")]
+        internal static unsafe partial int ReceiveLineWithFds(int socket, byte* buffer, ulong capacity, out ulong length,
+            int* fds, uint fdCapacity, out uint fdCount, int timeoutMs);
+
         internal const int FaultNone = 0, FaultReadEio = 1, FaultShortRead = 2, FaultCopy = 3, FaultEvent = 4,
             FaultPinnedAlloc = 5, FaultWriteEnospc = 6, FaultWriteEio = 7, FaultRegister = 8, FaultBorrowSetup = 9,
             FaultBorrowCopy = 10;

@@ -16,6 +16,7 @@ MOCK_DEVICES = 8  # THAWCORE_MOCK_DEVICES in bindings/thaw_core.h
 DEVICE_CUDA = 1
 IO_MODES = {"auto": 0, "buffered": 1, "direct": 2, "zerocopy": 3}
 POOL_NO_FILL = 1    # PoolNoFill in src/Thaw.PyBridge/Exports.cs
+POOL_NO_SHARE = 2   # PoolNoShare there
 
 
 class EngineRequest(ctypes.Structure):
@@ -27,7 +28,7 @@ class EngineRequest(ctypes.Structure):
         ("chunk_bytes", ctypes.c_int64),
         ("staging_bytes", ctypes.c_int64),
         ("verify", ctypes.c_int32),
-        ("pool_flags", ctypes.c_int32),     # thaw_pool_restore: POOL_NO_FILL
+        ("pool_flags", ctypes.c_int32),     # thaw_pool_restore: POOL_NO_FILL | POOL_NO_SHARE
     ]
 
 
@@ -65,11 +66,13 @@ class RestoreStats(ctypes.Structure):
         ("allocations", ctypes.c_int32),
     ]
     # PeerCopyTimings.OpenOrders in src/Thaw.Interop/Restore/ThawEngine.Peer.cs.
-    OPEN_ORDERS = {0: "serial", 1: "pipelined"}
+    # 2: no handle opened at all: this process copied from the pool's shared host copy itself.
+    OPEN_ORDERS = {0: "serial", 1: "pipelined", 2: "shared"}
     TIMINGS = ("resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s")
 
     # RestoreSource in src/Thaw.PyBridge/Exports.cs: which path served the bytes.
-    SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill", 5: "peer"}
+    SOURCES = {1: "page cache", 2: "disk", 3: "pool hit", 4: "pool fill", 5: "peer", 6: "pool hit"}
+    SHARED_SOURCE = 6
 
     @property
     def source_name(self) -> str:

@@ -51,17 +51,21 @@ def _socket(socket_path):
     return None if socket_path in (None, True) else str(socket_path)
 
 
-def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True, **engine_options) -> dict:
+def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True, share: bool = True, **engine_options) -> dict:
     """Restores tensors (all on one device) through the pool (socket_path None: default_socket());
     raises PoolUnavailable to fall back.
 
     fill: when the pool does not hold the snapshot (or its copy no longer matches the file), it
     reads the file into its memory while serving this restore ("pool fill"); False: it answers
     PoolUnavailable at once and this process restores from the file alone.
+    share: on a hit, map the pool's shared host copy and copy from it in this process (any
+    memory, no IPC handle, docs/POOL.md "Shared host copies"); False: the pool copies.
 
     CUDA tensors are served by the IPC handle of their allocation. On the mock device (CPU
     tensors) only memory mapped from a shared file can be served.
-    Returns {"bytes", "seconds", "gbps", "source": "pool", "via": "pool hit" or "pool fill", "timings", "opens"}:
+    Returns {"bytes", "seconds", "gbps", "source": "pool", "via": "pool hit" or "pool fill", "timings", "opens",
+    "shared"}: shared is True when this process copied from the pool's shared host copy itself
+    (docs/POOL.md, "Shared host copies"; opens is then "shared", and no handle was opened).
     timings {resolve_s, request_s, pool_s, open_s, wait_s, copy_s, close_s} say where the seconds
     went (docs/POOL.md, "Where a restore's time goes"). engine_options may name mock_device=N:
     the mock device (0-7) CPU tensors stand on, as a GPU's ordinal does for CUDA tensors.
@@ -78,7 +82,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True
         return {"bytes": 0, "seconds": 0.0, "gbps": 0.0, "source": "pool", "via": "pool hit"}
     names = list(tensors)
     request = _device_request(device, **engine_options)
-    request.pool_flags = 0 if fill else _native.POOL_NO_FILL
+    request.pool_flags = (0 if fill else _native.POOL_NO_FILL) | (0 if share else _native.POOL_NO_SHARE)
     stats = _native.pool_restore(
         _socket(socket_path), snapshot, request, names,
         [thaw_dtype(tensors[n].dtype) for n in names], [list(tensors[n].shape) for n in names],
@@ -86,7 +90,7 @@ def restore_tensors(tensors: dict, snapshot, socket_path=None, fill: bool = True
     return {"bytes": stats.bytes, "seconds": stats.seconds,
             "gbps": stats.bytes / stats.seconds / 1e9 if stats.seconds else 0.0, "source": "pool", "via": stats.source_name,
             "timings": {k: getattr(stats, k) for k in stats.TIMINGS}, "opens": stats.OPEN_ORDERS.get(stats.open_order, "unknown"),
-            "allocations": stats.allocations}
+            "allocations": stats.allocations, "shared": stats.source == stats.SHARED_SOURCE}
 
 
 def load(snapshot, socket_path=None) -> dict:

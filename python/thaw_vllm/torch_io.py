@@ -6,6 +6,7 @@ CUDA engine on their own device, in the primary context that PyTorch shares.
 """
 import contextlib
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -219,8 +220,9 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     stats = None
     fill = engine_options.pop("pool_fill", True)
     borrow = engine_options.pop("borrow", None)
+    share = engine_options.pop("pool_share", os.environ.get("THAW_POOL_SHARE", "on").lower() != "off")
     if tensors:
-        stats, header = _restore_through_pool(tensors, path, pool, fill, requirements, engine_options)
+        stats, header = _restore_through_pool(tensors, path, pool, (fill, share), requirements, engine_options)
     if stats is None:
         stats, header = _restore(path, tensors, False, engine_options, requirements, borrow)
         stats["source"] = "file"
@@ -231,7 +233,7 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     return stats, header
 
 
-def _restore_through_pool(tensors, path, pool, fill, requirements, engine_options):
+def _restore_through_pool(tensors, path, pool, fill_share, requirements, engine_options):
     """(stats, header) of a restore through the pool the policy picks (pool.select), or
     (None, header) after one log line saying why the file serves instead; (None, None) when no
     pool is asked for. The destination is checked against the snapshot before the pool is asked."""
@@ -246,7 +248,8 @@ def _restore_through_pool(tensors, path, pool, fill, requirements, engine_option
     header = _check_call(path, list(tensors.items()), requirements)
     try:
         regions = {t["name"] for t in header["tensors"]}
-        stats = restore_tensors({n: t for n, t in tensors.items() if n in regions}, path, socket, fill, **engine_options)
+        fill, share = fill_share
+        stats = restore_tensors({n: t for n, t in tensors.items() if n in regions}, path, socket, fill, share, **engine_options)
         return dict(stats, source="pool"), header
     except PoolUnavailable as e:
         log.info("thaw: %s; restoring from the file", e)
@@ -297,7 +300,9 @@ def restore_into(module_or_state_dict, path, strict: bool = True, pool=None, **e
     destinations and off for CPU ones (docs/POOL.md, "Automatic mode"). A pool that does
     not hold the snapshot reads it into its memory while serving this restore (stats "via":
     "pool fill"; the next restore is a "pool hit"), unless pool_fill=False; when no pool can serve,
-    one log line says why and the file is read instead.
+    one log line says why and the file is read instead. On a hit this process maps the pool's
+    shared host copy and copies from it itself (stats "shared"), unless pool_share=False or
+    THAW_POOL_SHARE=off (the pool then copies into this process's memory by IPC handle).
     """
     return restore_checked(module_or_state_dict, path, strict, pool, **engine_options)[0]
 

@@ -33,6 +33,7 @@ public static unsafe partial class Exports
 
     /// <summary>Bits of <see cref="EngineRequest.PoolFlags"/>.</summary>
     public const int PoolNoFill = 1; // on a miss, do not have the pool read the snapshot while serving
+    public const int PoolNoShare = 2; // on a hit, have the pool copy rather than map its shared host copy here
 
     [StructLayout(LayoutKind.Sequential)]
     public struct TensorArray
@@ -77,7 +78,11 @@ public static unsafe partial class Exports
         PoolHit = 3,
         PoolFill = 4,
         Peer = 5,
+        PoolShare = 6,
     }
+
+    /// <summary>The open order a restore from the pool's shared host copy reports: no handle opened.</summary>
+    private const int SharedOpenOrder = 2;
 
     [UnmanagedCallersOnly(EntryPoint = "thaw_abi_version")]
     public static int AbiVersion() => 1;
@@ -180,15 +185,16 @@ public static unsafe partial class Exports
         string socketPath = socket == null ? ClientSocket.Default() : Text(socket, "socket");
         PoolRestoreResult r;
         using (PoolClient client = PoolClient.Connect(socketPath))
-            r = client.Restore(engine, snapshot, targets, fill: (request->PoolFlags & PoolNoFill) == 0);
+            r = client.Restore(engine, snapshot, targets, fill: (request->PoolFlags & PoolNoFill) == 0,
+                share: (request->PoolFlags & PoolNoShare) == 0);
         if (stats != null)
             *stats = new RestoreStatsOut
             {
                 Bytes = r.Bytes, Seconds = r.Seconds, IoMode = (int)IoMode.Buffered,
-                Source = (int)(r.FromPeer ? RestoreSource.Peer : r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
+                Source = (int)(r.FromPeer ? RestoreSource.Peer : r.Shared ? RestoreSource.PoolShare : r.Filled ? RestoreSource.PoolFill : RestoreSource.PoolHit),
                 ResolveSeconds = r.Timings.ResolveSeconds, RequestSeconds = r.Timings.RequestSeconds,
                 PoolSeconds = r.Timings.PoolSeconds, OpenSeconds = r.Timings.OpenSeconds, WaitSeconds = r.Timings.WaitSeconds,
-                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, OpenOrder = PeerCopyTimings.OpenOrders.ToList().IndexOf(r.Timings.Opens), Allocations = r.Timings.Allocations,
+                CopySeconds = r.Timings.CopySeconds, CloseSeconds = r.Timings.CloseSeconds, OpenOrder = r.Shared ? SharedOpenOrder : PeerCopyTimings.OpenOrders.ToList().IndexOf(r.Timings.Opens), Allocations = r.Timings.Allocations,
             };
         return 0;
     });

@@ -76,9 +76,32 @@ def test_memory_a_pool_cannot_open_falls_back_to_the_file(tmp_path, server, capl
     pool.load(snapshot, server)
     target = {"w": torch.zeros(64)}  # private memory: no handle the pool could open
     with caplog.at_level(logging.INFO, logger="thaw_vllm"):
-        thaw_vllm.restore_into(target, snapshot, pool=server)
+        thaw_vllm.restore_into(target, snapshot, pool=server, pool_share=False)  # the pool's own copies only
     assert torch.equal(target["w"], state["w"])
     assert any("not in a shared file mapping" in r.message and "restoring from the file" in r.message for r in caplog.records)
+
+
+def test_a_hit_is_copied_here_from_the_pools_shared_host_copy_into_any_memory(tmp_path, server, caplog):
+    state = {"w": torch.randn(3000, 70), "b": torch.arange(5, dtype=torch.int64), "e": torch.zeros(0)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    pool.load(snapshot, server)
+    target = {n: torch.full_like(t, 7) for n, t in state.items()}  # private memory: the pool opens nothing
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        stats = thaw_vllm.restore_into(target, snapshot, pool=server)
+    assert all(torch.equal(target[n], state[n]) for n in state)
+    assert stats["source"] == "pool" and stats["via"] == "pool hit" and stats["shared"] and stats["opens"] == "shared"
+    assert stats["allocations"] == 0 and not any("restoring from the file" in r.message for r in caplog.records)
+    held = pool.status(server)["snapshots"][0]
+    assert held["hits"] == 1 and held["bytes_served"] == sum(t.numel() * t.element_size() for t in state.values())
+    # Off by the environment: the pool's copies, which cannot reach private memory.
+    os.environ["THAW_POOL_SHARE"] = "off"
+    try:
+        with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+            thaw_vllm.restore_into({n: torch.zeros_like(t) for n, t in state.items()}, snapshot, pool=server)
+    finally:
+        del os.environ["THAW_POOL_SHARE"]
+    assert any("not in a shared file mapping" in r.message for r in caplog.records)
 
 
 def test_without_a_pool_the_restore_falls_back_to_the_file_and_says_so(tmp_path, caplog):
@@ -221,7 +244,7 @@ def test_the_restore_says_where_its_time_went_and_which_device_served_it(tmp_pat
     thaw_vllm.freeze(state, snapshot)
     pool.load(snapshot, server)
     target = shared_views(tmp_path, thaw_vllm.info(snapshot))
-    stats = pool.restore_tensors(target, snapshot, server, mock_device=2)
+    stats = pool.restore_tensors(target, snapshot, server, share=False, mock_device=2)  # the pool's copies, by handle
     t = stats["timings"]
     assert set(t) == {"resolve_s", "request_s", "pool_s", "open_s", "wait_s", "copy_s", "close_s"}
     assert all(v >= 0 for v in t.values()) and t["resolve_s"] > 0 and t["pool_s"] > 0 and t["open_s"] > 0

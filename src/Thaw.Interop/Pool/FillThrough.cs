@@ -42,15 +42,15 @@ internal static unsafe class FillThrough
         return batches;
     }
 
-    /// <summary>Fills <paramref name="buffer"/> (laid out as the file's data section) from the
+    /// <summary>Fills <paramref name="memory"/> (laid out as the file's data section) from the
     /// snapshot's file, checking every region's CRC32C, and hands each batch to
     /// <paramref name="copyBatch"/> (the copies of its regions to a client) once it is read.
-    /// Every range pinned is added to <paramref name="pinned"/>, also when the fill fails: the
-    /// caller unpins them. Returns the bytes read from the file.</summary>
+    /// Each batch's range is backed (pinned, or shareable memory made) ahead of its read; on a
+    /// failure the caller disposes the memory. Returns the bytes read from the file.</summary>
     /// <exception cref="ThawChecksumException">A region is corrupt (the copies of its batch are not run).</exception>
-    public static long Run(ThawEngine device, Snapshot snapshot, byte* buffer, Action<Batch>? copyBatch, List<nint> pinned,
-        long batchBytes = DefaultBatchBytes)
+    public static long Run(Snapshot snapshot, PoolMemory memory, Action<Batch>? copyBatch, long batchBytes = DefaultBatchBytes)
     {
+        byte* buffer = memory.Start;
         List<Batch> batches = Plan(snapshot, batchBytes);
         using var stop = new CancellationTokenSource();
         using var pinnedBatches = new SemaphoreSlim(0);
@@ -80,9 +80,7 @@ internal static unsafe class FillThrough
             foreach (Batch b in batches)
             {
                 pinRoom.Wait(stop.Token);
-                device.PinHost(buffer + b.Start, b.Length);
-                lock (pinned)
-                    pinned.Add((nint)(buffer + b.Start));
+                memory.Back(b.Start, b.Length);
                 pinnedBatches.Release();
             }
         }), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);

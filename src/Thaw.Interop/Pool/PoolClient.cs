@@ -11,6 +11,8 @@ namespace Thaw.Interop.Pool;
 /// peer's memory served it device to device.</summary>
 public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled, bool FromPeer = false)
 {
+    /// <summary>This process copied from the pool's shared host copy itself (docs/POOL.md, "Shared host copies").</summary>
+    public bool Shared { get; init; }
     /// <summary>Where the time went, on both sides (docs/POOL.md, "Where a restore's time goes").</summary>
     public PoolRestoreTimings Timings { get; init; } = PoolRestoreTimings.None;
     /// <summary>The identity of the device the pool copied into.</summary>
@@ -22,7 +24,7 @@ public sealed record PoolRestoreResult(long Bytes, double Seconds, bool Filled, 
 
 /// <summary>A connection to a pool: one request line out, one response line back. The one
 /// client of the protocol in docs/POOL.md; the CLI and libthaw (Python) both restore through it.</summary>
-public sealed class PoolClient : IDisposable
+public sealed partial class PoolClient : IDisposable
 {
     private readonly Socket _socket = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
     private readonly StreamReader _reader;
@@ -109,15 +111,20 @@ public sealed class PoolClient : IDisposable
     /// longer matches), let it read the file into its memory while serving this restore (one read
     /// fills both). The request carries the identity of the file this client parsed, so the pool
     /// never serves bytes of another one.</param>
+    /// <param name="share">On a hit, map the pool's shared host copy and copy from it here (docs/POOL.md,
+    /// "Shared host copies"); without it, or where the pool offers none, the pool copies by IPC handle.</param>
     /// <exception cref="ThawMismatchException">A target does not fit the snapshot.</exception>
     /// <exception cref="PoolUnavailableException">The pool does not hold the snapshot (and did not fill),
     /// a destination has no IPC handle, or the pool went away mid-restore: restore from the file.</exception>
     /// <exception cref="ThawException">The pool refused the request for another reason, or did not answer in time.</exception>
-    public PoolRestoreResult Restore(ThawEngine engine, Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool fill = true)
+    public PoolRestoreResult Restore(ThawEngine engine, Snapshot snapshot, IReadOnlyList<RestoreTarget> targets, bool fill = true,
+        bool share = true)
     {
         var started = System.Diagnostics.Stopwatch.StartNew();
         RestorePlan.Create(snapshot, targets, mergeSegments: false);
         SnapshotIdentity identity = SnapshotIdentity.Of(snapshot);
+        if (share && SharingWanted() && TryShare(engine, snapshot, targets, identity, started) is { } shared)
+            return shared;
         var ipc = new IpcTargets(engine, engine.Kind == DeviceKind.Mock ? SharedMemoryDirectory() : null);
         var wanted = new List<PoolTarget>(targets.Count);
         long bytes = 0;

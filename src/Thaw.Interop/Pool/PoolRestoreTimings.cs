@@ -21,6 +21,12 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
     /// <summary>No breakdown (a pool that sends none).</summary>
     public static readonly PoolRestoreTimings None = new(0, 0, 0, 0, 0, 0, 0);
 
+    /// <summary>A restore from the pool's shared host copy, which this process copied itself: the
+    /// share's round trip as the request, the copy as the pool's part (open: mapping the chunks).</summary>
+    internal static PoolRestoreTimings FromShare(ShareCopyTimings copy, double resolveSeconds, double requestSeconds, double totalSeconds) =>
+        new(resolveSeconds, requestSeconds, Math.Max(0, totalSeconds - resolveSeconds - requestSeconds),
+            copy.MapSeconds, copy.WaitSeconds, copy.CopySeconds, 0);
+
     /// <summary>From a restore's response, the client's time resolving and its total.</summary>
     internal static PoolRestoreTimings From(JsonElement response, double resolveSeconds, double totalSeconds)
     {

@@ -163,6 +163,7 @@ public sealed partial class PoolServer : IDisposable
             return;
         }
         long connection = Interlocked.Increment(ref _nextConnection);
+        using var shares = new ConnectionShares();
         using (reader)
         using (_peers.ForgetOnClose(connection))
         {
@@ -181,27 +182,36 @@ public sealed partial class PoolServer : IDisposable
                 }
                 if (line is null)
                     return;
-                await Send(client, Respond(line.Value.Span, peer, connection), _stop.Token);
+                (string response, PoolShareGrant? grant) = Respond(line.Value.Span, peer, connection, shares);
+                if (grant is null)
+                    await Send(client, response, _stop.Token);
+                else
+                    SendShare(client, response, grant, shares);
                 reader.MayIdle = _peers.Holds(connection); // a publisher stays connected as long as it publishes
             }
         }
     }
 
-    /// <summary>Handles one request; what parsing it takes (its targets) is drawn from the budget too.</summary>
-    private string Respond(ReadOnlySpan<byte> line, PoolPeer peer, long connection)
+    /// <summary>Handles one request; what parsing it takes (its targets) is drawn from the budget too.
+    /// A share's answer comes with the grant whose descriptors go with it.</summary>
+    private (string, PoolShareGrant?) Respond(ReadOnlySpan<byte> line, PoolPeer peer, long connection, ConnectionShares shares)
     {
         long parsing = (long)line.Length * ParsingBytesPerLineByte;
         if (!_budget.TryTake(parsing))
-            return PoolProtocol.Error(PoolRefusalException.Busy(
-                $"the pool is short of request memory ({_budget.Used} of {_budget.Limit} bytes in use); retry later"));
+            return (PoolProtocol.Error(PoolRefusalException.Busy(
+                $"the pool is short of request memory ({_budget.Used} of {_budget.Limit} bytes in use); retry later")), null);
         try
         {
             PoolRequest request = PoolRequest.Parse(line);
-            return HandlePeerOp(request, line, peer, connection) ?? Handle(request, peer);
+            if (request.Op == "share")
+                return Share(request, peer, shares);
+            if (request.Op == "unshare")
+                return (PoolProtocol.Write(w => { w.WriteBoolean("ok", true); w.WriteNumber("released", shares.Release(request.SnapshotPath())); }), null);
+            return (HandlePeerOp(request, line, peer, connection) ?? Handle(request, peer), null);
         }
         catch (Exception e)
         {
-            return PoolProtocol.Error(e);
+            return (PoolProtocol.Error(e), null);
         }
         finally
         {

@@ -29,13 +29,13 @@ public sealed record PoolAsk(bool Fill = false, SnapshotIdentity? Identity = nul
 /// A held snapshot is served only while its file is unchanged on disk (<see cref="SnapshotIdentity"/>).</summary>
 public sealed unsafe class SnapshotPool : IDisposable
 {
-    private sealed class Entry(Snapshot snapshot, byte* buffer, SnapshotIdentity identity, Counters counters)
+    private sealed class Entry(Snapshot snapshot, PoolMemory memory, SnapshotIdentity identity, Counters counters)
     {
         public Snapshot Snapshot { get; } = snapshot;
-        public byte* Buffer { get; } = buffer;
+        public PoolMemory Memory { get; } = memory;
+        public byte* Buffer => Memory.Start;
         public SnapshotIdentity Identity { get; } = identity;
         public Counters Counters { get; } = counters;
-        public readonly List<nint> Pinned = [];
         public DateTime LastUsed = DateTime.UtcNow;
         public int InUse;
         public bool Retired; // no longer served; its memory goes when the last restore using it ends
@@ -91,6 +91,10 @@ public sealed unsafe class SnapshotPool : IDisposable
     public long UsedBytes { get { lock (_lock) return HeldBytes(); } }
     /// <summary>Bytes of whole regions a fill reads and copies at a time.</summary>
     public long FillBatchBytes { get; init; } = FillThrough.DefaultBatchBytes;
+    /// <summary>Hold snapshots in shared host copies that clients of the pool's own user map and copy from
+    /// themselves (docs/POOL.md, "Shared host copies"); where the device cannot, pinned memory. Default on.</summary>
+    public bool SharedCopies { get; init; } = true;
+    private int _sharingRefusalTold;
     /// <summary>Receives one line per fill and per stale copy dropped.</summary>
     public Action<string>? Log { get; init; }
 
@@ -212,11 +216,13 @@ public sealed unsafe class SnapshotPool : IDisposable
                 $"0x{client.HeaderCrc32C:x8} -> 0x{snapshot.HeaderCrc32C:x8})", key);
         long bytes = Math.Max(snapshot.DataLength, 4096);
         Reserve(key, bytes);
-        byte* buffer = null;
-        var pinned = new List<nint>();
+        PoolMemory? memory = null;
         try
         {
-            buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 4096);
+            memory = PoolMemory.Create(_device, bytes, SharedCopies, out string? refused);
+            if (refused is not null && Interlocked.Exchange(ref _sharingRefusalTold, 1) == 0)
+                Log?.Invoke($"holding snapshots in pinned memory, not shared host copies: {refused}");
+            byte* buffer = memory.Start;
             Action<FillThrough.Batch>? copyBatch = null;
             Exception? targetError = null;
             if (serve is not null)
@@ -244,7 +250,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 }
             }
             var started = Stopwatch.StartNew();
-            long read = FillThrough.Run(_device, snapshot, buffer, copyBatch, pinned, FillBatchBytes);
+            long read = FillThrough.Run(snapshot, memory, copyBatch, FillBatchBytes);
             SnapshotIdentity after = Stat(key) ?? throw new FileNotFoundException($"{key} was removed while the pool read it", key);
             if (!before.SameFile(after))
                 throw new IOException($"{key} changed while the pool read it ({before.Difference(after)}); not holding it");
@@ -258,8 +264,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 counters.BytesRead += read;
                 if (serve is not null)
                     counters.Fills++;
-                entry = new Entry(snapshot, buffer, before with { HeaderCrc32C = snapshot.HeaderCrc32C }, counters) { InUse = 1 };
-                entry.Pinned.AddRange(pinned);
+                entry = new Entry(snapshot, memory, before with { HeaderCrc32C = snapshot.HeaderCrc32C }, counters) { InUse = 1 };
                 _entries.Add(key, entry); // one reader per key: nothing is replaced, nothing leaks
             }
             if (targetError is not null)
@@ -274,8 +279,7 @@ public sealed unsafe class SnapshotPool : IDisposable
         {
             lock (_lock)
                 _reserved -= bytes;
-            Unpin(pinned);
-            NativeMemory.AlignedFree(buffer);
+            memory?.Dispose();
             throw;
         }
     }
@@ -422,6 +426,47 @@ public sealed unsafe class SnapshotPool : IDisposable
         }
     }
 
+    /// <summary>Hands a client of the pool's own user the shared host copy of a snapshot held and
+    /// current, for it to map and copy from itself: new descriptors of its chunks, and a hold that
+    /// keeps the snapshot from being evicted (its memory would outlive the eviction in the client's
+    /// mapping, past the budget) until disposed. Other users are refused: a client that maps the copy
+    /// could map it writable (CUDA), and the copy serves every client. Never fills: on a miss the
+    /// client restores through <see cref="Restore"/>, which fills while it serves.</summary>
+    /// <exception cref="FileNotFoundException">Not held, or the file changed since the client read it.</exception>
+    /// <exception cref="PoolUnavailableException">Another user, or a snapshot held in pinned memory only.</exception>
+    /// <exception cref="ThawMismatchException">An unknown device.</exception>
+    public PoolShareGrant Share(string path, PoolPeer peer, string? device = null, SnapshotIdentity? identity = null)
+    {
+        uint self = PeerCredentials.CurrentUid();
+        if (peer.Uid != self)
+            throw new PoolUnavailableException($"shared host copies are served to the pool's own user (uid {self}) only, not uid {peer.Uid}: restore through the pool's copies");
+        string key = Key(path);
+        ThawEngine engine = _devices.For(device);
+        (Entry entry, _) = Obtain(key, new PoolAsk(Fill: false, identity), null);
+        try
+        {
+            SharedHostCopy shared = entry.Memory.Shared
+                ?? throw new PoolUnavailableException($"the pool holds {key} in pinned memory, not a shared host copy");
+            (int[] fds, long[] lengths) = shared.Export();
+            long bytes = entry.Snapshot.DataLength;
+            long tensorBytes = entry.Snapshot.Tensors.Sum(t => t.Length); // what the client may copy: all of it
+            lock (_lock)
+            {
+                entry.Counters.Hits++;
+                entry.Counters.BytesServed += tensorBytes;
+                entry.LastUsed = DateTime.UtcNow;
+            }
+            _devices.Served(device, tensorBytes);
+            return new PoolShareGrant(key, fds, lengths, bytes, engine.Identity, () => { lock (_lock) Leave(entry); });
+        }
+        catch
+        {
+            lock (_lock)
+                Leave(entry);
+            throw;
+        }
+    }
+
     private static List<PoolTarget>[] TargetsByRegion(Snapshot snapshot, IReadOnlyList<PoolTarget> targets)
     {
         var byRegion = Enumerable.Range(0, snapshot.Tensors.Count).Select(_ => new List<PoolTarget>()).ToArray();
@@ -436,18 +481,7 @@ public sealed unsafe class SnapshotPool : IDisposable
             parts.Sum(p => p.Seconds), parts.Count == 0 ? 0 : parts.Max(p => p.Lanes),
             parts.Count == 0 ? PeerCopyTimings.OpenOrders[0] : parts[0].Opens);
 
-    private void Release(Entry entry)
-    {
-        Unpin(entry.Pinned);
-        NativeMemory.AlignedFree(entry.Buffer);
-    }
-
-    private void Unpin(List<nint> pinned)
-    {
-        foreach (nint start in pinned)
-            _device.UnpinHost((void*)start);
-        pinned.Clear();
-    }
+    private static void Release(Entry entry) => entry.Memory.Dispose();
 
     private static PoolEntryInfo Info(string key, Entry e) =>
         new(key, e.Snapshot.DataLength, e.Snapshot.Tensors.Count, e.Counters.Hits, e.Counters.BytesServed, e.LastUsed,
