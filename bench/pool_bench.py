@@ -76,6 +76,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default=".")
     ap.add_argument("--clients", type=int, default=1, help="client processes restoring at once, one a GPU")
+    ap.add_argument("--pipelined", action="store_true", help="also the pool's copies with pipelined opens (a pool of its own)")
     args = ap.parse_args()
     work = Path(args.workdir)
     checkpoint, snapshot, socket_path = work / "checkpoint", work / "model.thaw", work / "pool.sock"
@@ -94,17 +95,25 @@ def main():
     state = {t["name"]: torch.empty(t["shape"], dtype=torch.float16, device="cuda") for t in header["tensors"]}
     table, breakdowns, rounds = {}, [], []
     budget = (model_bytes >> 20) + 1024
-    for mode, env in (("serial opens (default)", {}), ("pipelined opens (THAWCORE_POOL_OPEN=pipelined)", {"THAWCORE_POOL_OPEN": "pipelined"})):
+    modes = [(m, env) for m, env in (("serial opens", {}), ("pipelined opens (THAWCORE_POOL_OPEN=pipelined)", {"THAWCORE_POOL_OPEN": "pipelined"}))
+             if args.pipelined or not env]
+    for mode, env in modes:
         with running_pool(THAW, socket_path, budget, env=env) as served:
             started = time.perf_counter()
             pool.load(snapshot, served)
             print(f"pool load (read + CRC check + pin, 16 lanes): {time.perf_counter() - started:.2f} s", flush=True)
-            times = []
+            # Interleaved, run by run: this process copying from the pool's shared host copy (the
+            # default), and the pool copying into this process's allocations by IPC handle.
+            ways = (("shared host copy, copied here (default)", True), (f"the pool's copies by IPC handle, {mode}", False)) if not env \
+                else ((f"the pool's copies by IPC handle, {mode}", False),)
+            for way, share in ways:
+                table[f"thaw through the pool, {way} (preallocated tensors)"] = []
             for i in range(args.runs):
-                seconds, stats = timed(lambda: thaw_vllm.restore_into(state, snapshot, pool=served))
-                times.append(seconds)
-                breakdowns.append(f"{mode}, run {i + 1}: {seconds * 1e3:.1f} ms = {timings_line(stats)}")
-            table[f"thaw through the pool, {mode} (preallocated tensors)"] = times
+                for way, share in ways:
+                    seconds, stats = timed(lambda: thaw_vllm.restore_into(state, snapshot, pool=served, pool_share=share))
+                    assert stats.get("shared", False) == share, stats
+                    table[f"thaw through the pool, {way} (preallocated tensors)"].append(seconds)
+                    breakdowns.append(f"{way}, run {i + 1}: {seconds * 1e3:.1f} ms = {timings_line(stats)}")
             if args.clients > 1:
                 span, on = concurrent_clients(snapshot, served, args.clients, args.runs, work)
                 for k, (first, last, each) in enumerate(span):

@@ -331,8 +331,8 @@ void thawcore_share_destroy(thawcore_share *share);
 
 /* Where a copy from a shared host copy spent its time. */
 typedef struct thawcore_share_copy_stats {
-    double map_seconds;             /* importing and mapping the chunks */
-    double grant_seconds;           /* the grant thread's life (overlapped with the copies) */
+    double map_seconds;             /* importing and mapping the chunks (on the grant thread) */
+    double grant_seconds;           /* the grant thread's life: maps and grants, overlapped with the copies */
     double wait_seconds;            /* lanes waiting for a chunk's grant, per lane */
     double copy_seconds;            /* from the first copy queued to the last one complete */
     double seconds;                 /* the whole call */
@@ -340,8 +340,9 @@ typedef struct thawcore_share_copy_stats {
     uint32_t lanes;
 } thawcore_share_copy_stats;
 
-/* Client side: maps the chunks the pool sent (fds, with their lengths, back to back), grants
- * the engine's device read access chunk by chunk while the lanes copy the chunks granted, and
+/* Client side: maps the chunks the pool sent (fds, with their lengths, back to back) and grants
+ * the engine's device read access, chunk by chunk on a thread of its own, while the lanes copy
+ * the chunks granted, and
  * releases the mapping on a thread of its own once the copies are complete (the next call or
  * thawcore_engine_destroy waits for it; THAWCORE_SHARE_RELEASE=sync releases before returning).
  * copies[i].host_address is an OFFSET into the shared copy. The announcement is checked before

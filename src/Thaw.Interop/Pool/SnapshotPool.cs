@@ -251,6 +251,10 @@ public sealed unsafe class SnapshotPool : IDisposable
             }
             var started = Stopwatch.StartNew();
             long read = FillThrough.Run(snapshot, memory, copyBatch, FillBatchBytes);
+            // The driver's first export of a process costs tens of ms (59 ms on the H200): paid here, not by the first client.
+            if (memory.Shared is { } shared)
+                foreach (int fd in shared.Export().Fds)
+                    Native.PosixDescriptors.Close(fd);
             SnapshotIdentity after = Stat(key) ?? throw new FileNotFoundException($"{key} was removed while the pool read it", key);
             if (!before.SameFile(after))
                 throw new IOException($"{key} changed while the pool read it ({before.Difference(after)}); not holding it");

@@ -1,7 +1,6 @@
 /* A client's restore from the pool's shared host copy (docs/POOL.md, "Shared host copies"):
- * the chunks the pool exported are mapped back to back, one thread grants the device read
- * access chunk by chunk (CUDA: about 10 ms a GiB) while the lanes copy the chunks already
- * granted, and the mapping is released on a thread of its own after the copies complete
+ * one thread maps the chunks the pool exported back to back and grants the device read access
+ * chunk by chunk (CUDA: about 10 ms a GiB) while the lanes copy the chunks already granted, and the mapping is released on a thread of its own after the copies complete
  * (about 2 ms a GiB on the H200), so the restore returns as soon as its bytes have landed.
  * The pool never opens the client's memory, so the copies cost nothing per allocation. */
 #define _GNU_SOURCE
@@ -26,7 +25,9 @@ typedef struct {
     uint32_t chunks;
     uint64_t *chunk_end;   /* end offset of each chunk */
     uint64_t *handles;
+    const int32_t *fds;
     uint32_t imported;     /* chunks mapped */
+    double map_s;
     /* The grant thread's progress, read by the lanes' gate. */
     pthread_mutex_t lock;
     pthread_cond_t changed;
@@ -68,6 +69,7 @@ void thaw_share_release_join(thawcore_engine *e)
     }
 }
 
+/* Maps and grants chunk by chunk, so the first copies start after one chunk's work, not all of it. */
 static void *grant_main(void *arg)
 {
     share_mapping *m = arg;
@@ -76,7 +78,15 @@ static void *grant_main(void *arg)
     int rc = e->dev.ops->bind_thread(&e->dev);
     for (uint32_t i = 0; i < m->chunks && !rc; i++) {
         uint64_t start = i ? m->chunk_end[i - 1] : 0;
-        rc = m->ops->grant_read(&e->dev, m->base + start, m->chunk_end[i] - start);
+        double t = thaw_now_seconds();
+        rc = m->ops->import_at(&e->dev, m->fds[i], m->base + start, m->chunk_end[i] - start, &m->handles[i]);
+        if (rc)
+            rc = thaw_fail_context(rc, "mapping chunk %u of the shared host copy", i);
+        else
+            m->imported = i + 1;
+        m->map_s += thaw_now_seconds() - t;
+        if (!rc)
+            rc = m->ops->grant_read(&e->dev, m->base + start, m->chunk_end[i] - start);
         pthread_mutex_lock(&m->lock);
         if (!rc)
             m->granted = i + 1;
@@ -151,24 +161,6 @@ static int check_announcement(const thaw_share_ops *ops, thaw_device *dev, const
     return 0;
 }
 
-static int map_chunks(share_mapping *m, const int *fds, const uint64_t *lengths)
-{
-    thawcore_engine *e = m->engine;
-    void *base = NULL;
-    int rc = m->ops->reserve(&e->dev, m->reserved, &base);
-    if (rc)
-        return rc;
-    m->base = base;
-    for (uint32_t i = 0; i < m->chunks && !rc; i++) {
-        uint64_t start = i ? m->chunk_end[i - 1] : 0;
-        rc = m->ops->import_at(&e->dev, fds[i], m->base + start, lengths[i], &m->handles[i]);
-        if (rc)
-            rc = thaw_fail_context(rc, "mapping chunk %u of the shared host copy", i);
-        else
-            m->imported = i + 1;
-    }
-    return rc;
-}
 
 static int sync_release(void)
 {
@@ -219,11 +211,10 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
 
     pthread_mutex_lock(&e->lock);
     thaw_share_release_join(e); /* the previous mapping, if it is still going */
-    double t_map = thaw_now_seconds();
-    rc = map_chunks(m, fds, lengths);
-    for (uint32_t i = 0; i < chunks; i++)
-        close(fds[i]); /* a mapping holds the memory; the descriptors are no longer needed */
-    double mapped = thaw_now_seconds() - t_map;
+    void *base = NULL;
+    rc = m->ops->reserve(&e->dev, m->reserved, &base);
+    m->base = base;
+    m->fds = fds;
     pthread_t granter;
     int granting = 0;
     if (!rc) {
@@ -240,10 +231,12 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
     }
     if (granting)
         pthread_join(granter, NULL);
+    for (uint32_t i = 0; i < chunks; i++)
+        close(fds[i]); /* a mapping holds the memory; the descriptors are no longer needed */
     double copied = thaw_now_seconds() - t_copy;
     if (stats) {
         memset(stats, 0, sizeof *stats);
-        stats->map_seconds = mapped;
+        stats->map_seconds = m->map_s;
         stats->grant_seconds = m->grant_s;
         stats->wait_seconds = e->lane_count ? m->wait_s / e->lane_count : 0;
         stats->copy_seconds = copied;
