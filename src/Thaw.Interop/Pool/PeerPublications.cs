@@ -201,6 +201,15 @@ internal sealed class PeerPublications(DeviceEngines devices) : IDisposable
         public void Dispose() => publications.Forget(connection);
     }
 
+    /// <summary>Whether a live publication of the snapshot lets <paramref name="uid"/> read it: a restore
+    /// from it (device to device) beats any host copy, so the pool does not share its host copy then.</summary>
+    public bool Offers(string path, uint uid)
+    {
+        string key = Path.GetFullPath(path);
+        lock (_lock)
+            return _publications.Exists(p => p.Key == key && p.Reads(uid));
+    }
+
     /// <summary>Serves a restore from a live publication of the snapshot that covers every target and
     /// that the client's uid may read; null, with the reason in <paramref name="declined"/>, when none
     /// can, or when the publication ended or changed during the copy (the copy is then discarded: the

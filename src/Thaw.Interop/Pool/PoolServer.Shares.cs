@@ -16,6 +16,8 @@ public sealed partial class PoolServer
         if (shares.Count >= MaxSharesPerConnection)
             throw new ThawException(ThawErrorKind.InvalidArgument,
                 $"a connection may hold at most {MaxSharesPerConnection} shared snapshots; unshare one first");
+        if (_peers.Offers(request.SnapshotPath(), peer.Uid))
+            throw new PoolUnavailableException($"a live peer publishes {request.SnapshotPath()}: restore, and it serves device to device");
         // Not held: no miss counted here; the client's restore that follows counts it (and fills).
         PoolShareGrant grant = _pool.Share(request.SnapshotPath(), peer, request.Device, request.FileIdentity);
         Interlocked.Increment(ref _hits);
