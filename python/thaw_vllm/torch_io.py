@@ -320,19 +320,27 @@ def _arena_views(header, device, aligned: bool) -> dict:
     return {t["name"]: arena[o:o + t["length"]].view(torch_dtype(t["dtype"])).reshape(t["shape"]) for t, o in layout}
 
 
-def load_state_dict(path, device="cpu", **engine_options) -> dict:
+def load_state_dict(path, device="cpu", pool=None, **engine_options) -> dict:
     """Restores a snapshot into new tensors on device.
 
     The tensors are views of one allocation laid out as the snapshot's data section:
     one allocation instead of hundreds, and copies that run across tensor boundaries.
     Their memory is released when the last of them is. Aliases are views of their original.
+    pool, pool_fill, pool_share: as for restore_into (CUDA: the automatic pool by default).
     """
     header = info(path)
     state = _arena_views(header, torch.device(device), aligned=False)
     borrow = engine_options.pop("borrow", None)
-    stats, _ = _restore(path, state, False, engine_options, borrow=borrow)
-    log.info("thaw: loaded %d bytes from %s in %.3f s (%.2f GB/s)%s", stats["bytes"], path, stats["seconds"], stats["gbps"],
-             borrowed_links.log_suffix(stats))
+    fill = engine_options.pop("pool_fill", True)
+    share = engine_options.pop("pool_share", os.environ.get("THAW_POOL_SHARE", "on").lower() != "off")
+    stats = None
+    if state:
+        stats, _ = _restore_through_pool(state, path, pool, (fill, share), _requirements(True, None, None), engine_options)
+    if stats is None:
+        stats, _ = _restore(path, state, False, engine_options, borrow=borrow)
+        stats["source"] = "file"
+    log.info("thaw: loaded %d bytes from %s (%s) in %.3f s (%.2f GB/s)%s", stats["bytes"], path, stats["source"],
+             stats["seconds"], stats["gbps"], borrowed_links.log_suffix(stats))
     for alias, original in json.loads(header["metadata"].get(ALIASES_KEY, "{}")).items():
         state[alias] = state[original]
     return state

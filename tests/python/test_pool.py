@@ -259,3 +259,15 @@ def test_the_restore_says_where_its_time_went_and_which_device_served_it(tmp_pat
     assert "device mock-2  1 restores" in listed and "device mock-0  0 restores" in listed
     with pytest.raises(ValueError, match="mock_device"):
         pool.restore_tensors(target, snapshot, server, mock_device=8)
+
+
+def test_load_state_dict_is_served_by_the_pool_too(tmp_path, server):
+    state = {"w": torch.randn(500, 33), "b": torch.arange(9, dtype=torch.int32)}
+    snapshot = tmp_path / "m.thaw"
+    thaw_vllm.freeze(state, snapshot)
+    pool.load(snapshot, server)
+    loaded = thaw_vllm.load_state_dict(snapshot, pool=server)
+    assert all(torch.equal(loaded[n], state[n]) for n in state)
+    assert pool.status(server)["snapshots"][0]["hits"] == 1
+    assert all(torch.equal(t, state[n]) for n, t in thaw_vllm.load_state_dict(snapshot).items())  # CPU: no pool unless asked
+    assert pool.status(server)["snapshots"][0]["hits"] == 1
