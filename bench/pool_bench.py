@@ -14,6 +14,7 @@ start to the last end (CLOCK_MONOTONIC, shared by the processes).
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default=".")
     ap.add_argument("--clients", type=int, default=1, help="client processes restoring at once, one a GPU")
+    ap.add_argument("--granters", default="1", help="grant threads of the shared copy to compare, e.g. 1,2,4 (THAWCORE_SHARE_GRANTERS)")
     ap.add_argument("--pipelined", action="store_true", help="also the pool's copies with pipelined opens (a pool of its own)")
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -104,12 +106,15 @@ def main():
             print(f"pool load (read + CRC check + pin, 16 lanes): {time.perf_counter() - started:.2f} s", flush=True)
             # Interleaved, run by run: this process copying from the pool's shared host copy (the
             # default), and the pool copying into this process's allocations by IPC handle.
-            ways = (("shared host copy, copied here (default)", True), (f"the pool's copies by IPC handle, {mode}", False)) if not env \
-                else ((f"the pool's copies by IPC handle, {mode}", False),)
-            for way, share in ways:
+            granters = [int(g) for g in args.granters.split(",")]
+            ways = [(f"shared host copy, copied here{' (default)' if g == 1 else ''}, {g} grant thread{'s' if g > 1 else ''}", True, g)
+                    for g in granters] + [(f"the pool's copies by IPC handle, {mode}", False, 1)] if not env \
+                else [(f"the pool's copies by IPC handle, {mode}", False, 1)]
+            for way, share, _ in ways:
                 table[f"thaw through the pool, {way} (preallocated tensors)"] = []
             for i in range(args.runs):
-                for way, share in ways:
+                for way, share, g in ways:
+                    os.environ["THAWCORE_SHARE_GRANTERS"] = str(g)  # read by the core at each restore
                     seconds, stats = timed(lambda: thaw_vllm.restore_into(state, snapshot, pool=served, pool_share=share))
                     assert stats.get("shared", False) == share, stats
                     table[f"thaw through the pool, {way} (preallocated tensors)"].append(seconds)

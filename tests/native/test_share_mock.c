@@ -127,8 +127,10 @@ static void refused_descriptors(void)
     close(pair[1]);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    (void)argv;
     setenv("THAWCORE_SHARE_CHUNK_MIB", "2", 1);
     setenv("THAWCORE_COPY_PIECE_MIB", "1", 1);
     refused_announcements();

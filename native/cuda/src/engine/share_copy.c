@@ -26,7 +26,9 @@ typedef struct {
     uint64_t *chunk_end;   /* end offset of each chunk */
     uint64_t *handles;
     const int32_t *fds;
-    uint32_t imported;     /* chunks mapped */
+    unsigned char *mapped;  /* each chunk: imported and mapped (released at the end) */
+    unsigned char *ready;   /* each chunk: readable by the device */
+    atomic_uint next_chunk; /* the next chunk a grant thread claims */
     double map_s;
     /* The grant thread's progress, read by the lanes' gate. */
     pthread_mutex_t lock;
@@ -42,7 +44,9 @@ static void release_mapping(share_mapping *m)
 {
     thawcore_engine *e = m->engine;
     e->dev.ops->bind_thread(&e->dev);
-    for (uint32_t i = 0; i < m->imported; i++) {
+    for (uint32_t i = 0; i < m->chunks; i++) {
+        if (!m->mapped[i])
+            continue;
         uint64_t start = i ? m->chunk_end[i - 1] : 0;
         m->ops->release(&e->dev, m->base + start, m->chunk_end[i] - start, m->handles[i]);
     }
@@ -52,6 +56,8 @@ static void release_mapping(share_mapping *m)
     pthread_cond_destroy(&m->changed);
     free(m->chunk_end);
     free(m->handles);
+    free(m->mapped);
+    free(m->ready);
     free(m);
 }
 
@@ -69,39 +75,63 @@ void thaw_share_release_join(thawcore_engine *e)
     }
 }
 
-/* Maps and grants chunk by chunk, so the first copies start after one chunk's work, not all of it. */
+/* Maps and grants chunk by chunk, claimed in order by THAWCORE_SHARE_GRANTERS threads (default 1),
+ * so the first copies start after one chunk's work, not all of it. */
 static void *grant_main(void *arg)
 {
     share_mapping *m = arg;
     thawcore_engine *e = m->engine;
-    double started = thaw_now_seconds();
+    double started = thaw_now_seconds(), mapping = 0;
     int rc = e->dev.ops->bind_thread(&e->dev);
-    for (uint32_t i = 0; i < m->chunks && !rc; i++) {
+    while (!rc) {
+        uint32_t i = atomic_fetch_add(&m->next_chunk, 1);
+        if (i >= m->chunks)
+            break;
+        pthread_mutex_lock(&m->lock);
+        int stop = m->grant_error != 0;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            break;
         uint64_t start = i ? m->chunk_end[i - 1] : 0;
         double t = thaw_now_seconds();
         rc = m->ops->import_at(&e->dev, m->fds[i], m->base + start, m->chunk_end[i] - start, &m->handles[i]);
+        int imported = rc == 0;
         if (rc)
             rc = thaw_fail_context(rc, "mapping chunk %u of the shared host copy", i);
-        else
-            m->imported = i + 1;
-        m->map_s += thaw_now_seconds() - t;
+        mapping += thaw_now_seconds() - t;
         if (!rc)
             rc = m->ops->grant_read(&e->dev, m->base + start, m->chunk_end[i] - start);
         pthread_mutex_lock(&m->lock);
-        if (!rc)
-            m->granted = i + 1;
+        m->mapped[i] = (unsigned char)imported;
+        if (!rc) {
+            m->ready[i] = 1;
+            while (m->granted < m->chunks && m->ready[m->granted])
+                m->granted++;
+        }
         pthread_cond_broadcast(&m->changed);
         pthread_mutex_unlock(&m->lock);
     }
     pthread_mutex_lock(&m->lock);
-    if (rc) {
+    if (rc && !m->grant_error) {
         m->grant_error = rc;
         snprintf(m->grant_message, sizeof m->grant_message, "%s", thawcore_last_error());
     }
-    m->grant_s = thaw_now_seconds() - started;
+    m->map_s += mapping;
+    double lived = thaw_now_seconds() - started;
+    if (lived > m->grant_s)
+        m->grant_s = lived;
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->lock);
     return NULL;
+}
+
+static uint32_t grant_threads(uint32_t chunks)
+{
+    const char *n = getenv("THAWCORE_SHARE_GRANTERS");
+    long want = n ? strtol(n, NULL, 10) : 1;
+    if (want < 1 || want > 8)
+        want = 1;
+    return (uint32_t)want < chunks ? (uint32_t)want : chunks;
 }
 
 /* The gate of the copy lanes: a piece goes out once every chunk under it is granted. */
@@ -186,13 +216,17 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
     if (!rc && m) {
         m->chunk_end = malloc((size_t)chunks * sizeof *m->chunk_end);
         m->handles = calloc(chunks, sizeof *m->handles);
+        m->mapped = calloc(chunks, 1);
+        m->ready = calloc(chunks, 1);
     }
-    if (!rc && (!m || !placed || !m->chunk_end || !m->handles))
+    if (!rc && (!m || !placed || !m->chunk_end || !m->handles || !m->mapped || !m->ready))
         rc = thaw_fail(-ENOMEM, "out of host memory");
     if (rc) {
         if (m) {
             free(m->chunk_end);
             free(m->handles);
+            free(m->mapped);
+            free(m->ready);
         }
         free(m);
         free(placed);
@@ -215,13 +249,12 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
     rc = m->ops->reserve(&e->dev, m->reserved, &base);
     m->base = base;
     m->fds = fds;
-    pthread_t granter;
-    int granting = 0;
-    if (!rc) {
-        granting = pthread_create(&granter, NULL, grant_main, m) == 0;
-        if (!granting)
-            rc = thaw_fail(-EAGAIN, "cannot start the thread that grants access to the shared host copy");
-    }
+    pthread_t granters[8];
+    uint32_t granting = 0, wanted = grant_threads(chunks);
+    while (!rc && granting < wanted && pthread_create(&granters[granting], NULL, grant_main, m) == 0)
+        granting++;
+    if (!rc && granting == 0)
+        rc = thaw_fail(-EAGAIN, "cannot start the thread that grants access to the shared host copy");
     double t_copy = thaw_now_seconds();
     if (!rc) {
         for (uint32_t i = 0; i < count; i++)
@@ -229,8 +262,8 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
         thaw_copy_gate gate = { m, wait_granted, copy_shared, add_wait };
         rc = thaw_copy_lanes(e, placed, count, &gate);
     }
-    if (granting)
-        pthread_join(granter, NULL);
+    for (uint32_t g = 0; g < granting; g++)
+        pthread_join(granters[g], NULL);
     for (uint32_t i = 0; i < chunks; i++)
         close(fds[i]); /* a mapping holds the memory; the descriptors are no longer needed */
     double copied = thaw_now_seconds() - t_copy;
