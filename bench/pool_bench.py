@@ -119,6 +119,14 @@ def main():
                     assert stats.get("shared", False) == share, stats
                     table[f"thaw through the pool, {way} (preallocated tensors)"].append(seconds)
                     breakdowns.append(f"{way}, run {i + 1}: {seconds * 1e3:.1f} ms = {timings_line(stats)}")
+            # load_state_dict: new tensors (one arena allocation) filled from the pool's shared host copy.
+            loads = []
+            for _ in range(args.runs):
+                torch.cuda.synchronize()
+                seconds, loaded = timed(lambda: thaw_vllm.load_state_dict(snapshot, device="cuda", pool=served))
+                loads.append(seconds)
+                del loaded
+            table["thaw load_state_dict through the pool, shared host copy (allocates its tensors)"] = loads
             if args.clients > 1:
                 span, on = concurrent_clients(snapshot, served, args.clients, args.runs, work)
                 for k, (first, last, each) in enumerate(span):

@@ -343,8 +343,8 @@ typedef struct thawcore_share_copy_stats {
 /* Client side: maps the chunks the pool sent (fds, with their lengths, back to back) and grants
  * the engine's device read access, chunk by chunk on a thread of its own, while the lanes copy
  * the chunks granted, and
- * releases the mapping on a thread of its own once the copies are complete (the next call or
- * thawcore_engine_destroy waits for it; THAWCORE_SHARE_RELEASE=sync releases before returning).
+ * releases the mapping on a thread of its own once the copies are complete (up to 4 such releases
+ * run behind an engine's restores; thawcore_engine_destroy waits for them; THAWCORE_SHARE_RELEASE=sync releases before returning).
  * copies[i].host_address is an OFFSET into the shared copy. The announcement is checked before
  * anything is mapped: 1 to THAWCORE_SHARE_MAX_CHUNKS chunks, lengths multiples of the backend's
  * granularity, every copy inside. Takes the descriptors: closes every one of them, also on

@@ -38,6 +38,9 @@
 #define MAX_THREADS 64
 #define ALIGN 4096ull
 
+/* Shared host copies an engine may still be unmapping behind its restores. */
+#define THAW_SHARE_RELEASES 4
+
 /* Zero-copy registrations a lane keeps in flight: one copying while the next registers. */
 #define ZERO_COPY_DEPTH 2
 
@@ -59,13 +62,15 @@ struct thawcore_engine {
     uint64_t chunk;
     lane *lanes;
     pthread_mutex_t lock; /* one restore or write at a time: they share the staging */
-    /* The last copy from a shared host copy unmaps it on a thread of its own (share_copy.c). */
-    pthread_t share_release;
-    int share_release_pending;
+    /* Copies from a shared host copy unmap it on a thread of their own (share_copy.c): the
+     * last few of them, so that a restore right after another does not wait for its unmap. */
+    pthread_t share_release[THAW_SHARE_RELEASES];
+    uint32_t share_release_count;
 };
 
-/* Waits for a shared host copy still being unmapped (share_copy.c); a no-op when none is. */
-void thaw_share_release_join(thawcore_engine *e);
+/* Waits for every shared host copy still being unmapped (all: 0), or for the oldest until fewer
+ * than `below` are (share_copy.c). */
+void thaw_share_release_join(thawcore_engine *e, uint32_t below);
 
 /* The staging slot of a lane, pinned on its first use by the lane's own thread, so a
  * new engine starts at once and paths that need no staging never pin it. */

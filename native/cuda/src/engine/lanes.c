@@ -167,7 +167,7 @@ void thawcore_engine_destroy(thawcore_engine *e)
 {
     if (!e)
         return;
-    thaw_share_release_join(e);
+    thaw_share_release_join(e, 0);
     e->dev.ops->bind_thread(&e->dev);
     release_lanes(e);
     e->dev.ops->close(&e->dev);

@@ -67,11 +67,13 @@ static void *release_main(void *arg)
     return NULL;
 }
 
-void thaw_share_release_join(thawcore_engine *e)
+void thaw_share_release_join(thawcore_engine *e, uint32_t below)
 {
-    if (e->share_release_pending) {
-        pthread_join(e->share_release, NULL);
-        e->share_release_pending = 0;
+    uint32_t keep = below ? below - 1 : 0;
+    while (e->share_release_count > keep) {
+        pthread_join(e->share_release[0], NULL);
+        e->share_release_count--;
+        memmove(e->share_release, e->share_release + 1, e->share_release_count * sizeof e->share_release[0]);
     }
 }
 
@@ -244,7 +246,7 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
         m->chunk_end[i] = (i ? m->chunk_end[i - 1] : 0) + lengths[i];
 
     pthread_mutex_lock(&e->lock);
-    thaw_share_release_join(e); /* the previous mapping, if it is still going */
+    thaw_share_release_join(e, THAW_SHARE_RELEASES); /* room for this one's release */
     void *base = NULL;
     rc = m->ops->reserve(&e->dev, m->reserved, &base);
     m->base = base;
@@ -277,10 +279,10 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
         stats->lanes = e->lane_count;
     }
     /* After a failure no copy is in flight (the lanes waited for their streams): release now. */
-    if (rc || sync_release() || pthread_create(&e->share_release, NULL, release_main, m) != 0)
+    if (rc || sync_release() || pthread_create(&e->share_release[e->share_release_count], NULL, release_main, m) != 0)
         release_mapping(m);
     else
-        e->share_release_pending = 1;
+        e->share_release_count++;
     pthread_mutex_unlock(&e->lock);
     free(placed);
     if (stats)
