@@ -47,7 +47,9 @@ class Pool:
         self.snapshot = snapshot
         self.process = subprocess.Popen(
             [str(THAW), "pool", "serve", "--socket", str(self.socket), "--device", "mock", "--budget-mib", "256",
-             "--shm-dir", str(self.shm), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             "--shm-dir", str(self.shm), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = bytearray()  # the pool's stderr, drained so that its log lines never block it
+        threading.Thread(target=self._drain, daemon=True).start()
         for _ in range(200):
             if self.socket.exists():
                 break
@@ -60,6 +62,11 @@ class Pool:
         self.good_restore()  # warm: the first restore's one-time costs are not a leak
         time.sleep(0.2)
         self.start_rss = self.rss()
+
+    def _drain(self):
+        for line in self.process.stderr:
+            self.log += line
+            del self.log[:-16384]
 
     def alive(self):
         return self.process.poll() is None
@@ -195,7 +202,7 @@ class Family:
         if not self.pool.alive():
             self.counts["crashes"] += 1
             self.notes.append(f"crash after: {what}")
-            raise AssertionError(f"{self.name}: the pool died after {what}: {self.pool.process.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"{self.name}: the pool died after {what}: {self.pool.log.decode(errors='replace')[-2000:]}")
 
     def refused(self, what, answer):
         """A hostile request must get an error answer, or a closed connection; never ok."""
@@ -665,4 +672,295 @@ def test_hostile_publications(serve, tmp_path):
             break
         time.sleep(0.05)
     f.check("the publication ended with its connection", pool.call({"op": "status"})["publications"] == [])
+    f.finish()
+
+
+# ---- hostile shares (docs/POOL.md, "Shared host copies"): descriptors are the new resource ----
+
+def open_descriptors(pid="self"):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def share_on(s, message):
+    """Sends one request on s; returns (answer or None, the descriptors that came with it)."""
+    s.sendall((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
+    data, fds = b"", []
+    try:
+        while not data.endswith(b"\n"):
+            part, got, _, _ = socket.recv_fds(s, 1 << 16, 256)
+            fds += got
+            if not part:
+                break
+            data += part
+    except ConnectionResetError:
+        pass
+    return (json.loads(data) if data.endswith(b"\n") else None), fds
+
+
+def shared_bytes(fds, lengths):
+    """The shared copy as the client sees it: the chunks mapped back to back, read-only."""
+    import mmap
+    out = b""
+    for fd, length in zip(fds, lengths):
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ) as m:
+            out += m[:]
+    return out
+
+
+def close_all(fds):
+    for fd in fds:
+        os.close(fd)
+
+
+def settle_descriptors(pid, start, seconds=5):
+    """The pool's open descriptors once they stop falling (connections are closed asynchronously)."""
+    deadline = time.monotonic() + seconds
+    n = open_descriptors(pid)
+    while n > start and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = open_descriptors(pid)
+    return n
+
+
+def exact_share(pool, answer, fds, expected=None):
+    """A share answer whose descriptors hold the snapshot's bytes at their offsets."""
+    expected = expected or EXPECTED[pool.snapshot]
+    if not (answer and answer.get("ok")) or len(fds) != len(answer["chunks"]):
+        return False
+    data = shared_bytes(fds, answer["chunks"])
+    return all(data[t["offset"]:t["offset"] + t["length"]] == expected[t["name"]] for t in pool.tensors)
+
+
+def share_request(pool, snapshot=None, **fields):
+    return {"op": "share", "snapshot": str(snapshot or pool.snapshot), **fields}
+
+
+def test_hostile_shares(serve, tmp_path):
+    from thaw_vllm import peer
+    pool = serve("--request-timeout-s", "2")
+    f = Family("hostile shares", pool)
+    pid = pool.process.pid
+    with pool.connect() as s:  # warm: the first share's one-time costs are not a leak
+        answer, fds = share_on(s, share_request(pool))
+        f.check("a good share is served bit-exactly", exact_share(pool, answer, fds))
+        close_all(fds)
+    pool.wait_for_connections(1)
+    start_fds = settle_descriptors(pid, 0, 0.3)
+    identity = peer.identity(pool.snapshot)
+    other = tmp_path / "not-held.thaw"
+    thaw_vllm.freeze({"x": torch.arange(1000, dtype=torch.int32)}, other)
+    # Malformed and unknown: every one refused with an answer, no descriptor sent.
+    cases = [("no snapshot", {"op": "share"}), ("snapshot 7", {"op": "share", "snapshot": 7}),
+             ("snapshot \"\"", {"op": "share", "snapshot": ""}), ("relative", share_request(pool, "m.thaw")),
+             ("missing file", share_request(pool, tmp_path / "missing.thaw")), ("/etc/passwd", share_request(pool, "/etc/passwd")),
+             ("/dev/zero", share_request(pool, "/dev/zero")), ("a directory", share_request(pool, tmp_path)),
+             ("unknown device", share_request(pool, device="cuda:GPU-nope")), ("device 7", share_request(pool, device=7)),
+             ("device with a space", share_request(pool, device="mock 0")),
+             ("identity 7", share_request(pool, identity=7)), ("identity {}", share_request(pool, identity={})),
+             ("identity without size", share_request(pool, identity={k: v for k, v in identity.items() if k != "size"})),
+             ("another header CRC32C", share_request(pool, identity=dict(identity, header_crc32c=(identity["header_crc32c"] + 1) % 2**32))),
+             ("another inode", share_request(pool, identity=dict(identity, ino=identity["ino"] + 1))),
+             ("another mtime", share_request(pool, identity=dict(identity, mtime_ns=identity["mtime_ns"] - 1))),
+             ("size -1", share_request(pool, identity=dict(identity, size=-1)))]
+    with pool.connect() as s:
+        for what, message in cases:
+            answer, fds = share_on(s, message)
+            close_all(fds)
+            f.refused(f"share with {what}", answer)
+            f.check(f"share with {what}: an answer, no descriptors", answer is not None and fds == [])
+        answer, fds = share_on(s, share_request(pool, other))
+        close_all(fds)
+        f.check("a snapshot not held: kind 3", answer is not None and answer.get("kind") == 3 and fds == [])
+    held = [e["snapshot"] for e in pool.call({"op": "status"})["snapshots"]]
+    f.check("a share never fills", str(other) not in held)
+    # The same snapshot shared up to the cap on one connection; the next refused, saying why.
+    with pool.connect() as s:
+        served = 0
+        for i in range(64):
+            answer, fds = share_on(s, share_request(pool))
+            served += bool(answer and answer.get("ok") and len(fds) == len(answer["chunks"]))
+            close_all(fds)
+        f.check(f"64 shares of one snapshot on one connection: {served} served", served == 64)
+        answer, fds = share_on(s, share_request(pool))
+        close_all(fds)
+        f.check(f"the 65th share refused clearly: {answer}", answer is not None and not answer["ok"] and "at most 64" in answer["error"] and fds == [])
+        f.check("a held snapshot is not evicted", pool.call({"op": "evict", "snapshot": str(pool.snapshot)})["evicted"] is False)
+        for what, message in [("an unknown path", {"op": "unshare", "snapshot": str(other)}), ("no snapshot", {"op": "unshare"}),
+                              ("snapshot 7", {"op": "unshare", "snapshot": 7}), ("relative", {"op": "unshare", "snapshot": "m.thaw"}),
+                              ("garbage", {"op": "unshare", "snapshot": "\u0001" * 5000})]:
+            answer, fds = share_on(s, message)
+            f.check(f"unshare of {what}: {answer}", answer is not None and fds == [] and (not answer["ok"] or answer["released"] == 0))
+        answer, _ = share_on(s, {"op": "unshare", "snapshot": str(pool.snapshot)})
+        f.check(f"unshare lets go of all 64: {answer}", answer and answer.get("released") == 64)
+        f.check("evict once unshared", pool.call({"op": "evict", "snapshot": str(pool.snapshot)})["evicted"] is True)
+        f.check("load again", pool.call({"op": "load", "snapshot": str(pool.snapshot)})["ok"])
+        answer, fds = share_on(s, share_request(pool))
+        f.check("shares again after unshare", exact_share(pool, answer, fds))
+        close_all(fds)
+    # Asks and goes without reading the answer; asks and never reads (pipelined shares fill its
+    # socket); many connections holding shares, then closing: none of them keeps a hold.
+    for _ in range(20):
+        s = pool.connect()
+        s.sendall(json.dumps(share_request(pool)).encode() + b"\n")
+        s.close()
+    f.check("share, then gone before the answer", True)
+    stalls = []
+    for _ in range(4):
+        s = pool.connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        line = (json.dumps(share_request(pool)) + "\n" + json.dumps({"op": "unshare", "snapshot": str(pool.snapshot)}) + "\n").encode()
+        try:
+            for _ in range(400):
+                s.sendall(line)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            pass
+        stalls.append(s)
+    f.check("a good client while 4 connections stall on share answers", pool.good_restore(), "hangs")
+    held = []
+    for _ in range(12):
+        s = pool.connect()
+        for _ in range(4):
+            answer, fds = share_on(s, share_request(pool))
+            close_all(fds)
+        held.append(s)
+    f.check("12 connections hold 4 shares each: not evicted", pool.call({"op": "evict", "snapshot": str(pool.snapshot)})["evicted"] is False)
+    for s in held + stalls:
+        s.close()
+    pool.wait_for_connections(1)
+    evicted = False
+    for _ in range(50):  # the stalled connections end at their request deadline (2 s)
+        evicted = pool.call({"op": "evict", "snapshot": str(pool.snapshot)})["evicted"]
+        if evicted:
+            break
+        time.sleep(0.1)
+    f.check("every hold let go once its connection closed: evicted", evicted)
+    f.check("load again", pool.call({"op": "load", "snapshot": str(pool.snapshot)})["ok"])
+    fds_after = settle_descriptors(pid, start_fds)
+    f.check(f"the pool's descriptors: {start_fds} before, {fds_after} after", fds_after <= start_fds, "leaks")
+    f.finish()
+
+
+def test_shares_while_the_snapshot_is_replaced(serve, tmp_path):
+    """Shares race evictions and replacements of the file on disk: a share served is always the
+    bytes of the file the client named by identity, never a stale copy."""
+    from thaw_vllm import peer
+    pool = serve()
+    f = Family("shares while replaced", pool)
+    pid = pool.process.pid
+    start_fds = open_descriptors(pid)
+    path = tmp_path / "replaced.thaw"
+    versions, by_inode = [], {}
+    for k in range(4):
+        state = {"w": torch.full((20000,), float(k)), "k": torch.tensor([k], dtype=torch.int64)}
+        versions.append({n: t.reshape(-1).view(torch.uint8).numpy().tobytes() for n, t in state.items()})
+        thaw_vllm.freeze(state, tmp_path / f"v{k}.thaw")
+    tensors = thaw_vllm.info(tmp_path / "v0.thaw")["tensors"]
+    shutil.copy(tmp_path / "v0.thaw", path)
+    by_inode[path.stat().st_ino] = 0
+    assert pool.call({"op": "load", "snapshot": str(path)})["ok"]
+    stop = threading.Event()
+    results = {"served": 0, "stale": 0, "refused": 0}
+
+    def replace():
+        k = 0
+        while not stop.is_set():
+            k = (k + 1) % 4
+            fresh = tmp_path / f"next-{k}.thaw"
+            shutil.copy(tmp_path / f"v{k}.thaw", fresh)
+            by_inode[fresh.stat().st_ino] = k
+            os.replace(fresh, path)
+            pool.call({"op": "evict", "snapshot": str(path)})
+            pool.call({"op": "load", "snapshot": str(path)})
+            time.sleep(0.01)
+
+    replacer = threading.Thread(target=replace)
+    replacer.start()
+    try:
+        with pool.connect() as s:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    ino = os.stat(path).st_ino
+                    identity = peer.identity(path)
+                except (OSError, thaw_vllm.errors.ThawError):
+                    continue
+                if identity["ino"] != ino or ino not in by_inode:
+                    continue
+                answer, fds = share_on(s, share_request(pool, path, identity=identity))
+                if answer and answer.get("ok"):
+                    data = shared_bytes(fds, answer["chunks"])
+                    exact = all(data[t["offset"]:t["offset"] + t["length"]] == versions[by_inode[ino]][t["name"]] for t in tensors)
+                    results["served" if exact else "stale"] += 1
+                    share_on(s, {"op": "unshare", "snapshot": str(path)})
+                else:
+                    results["refused"] += 1
+                close_all(fds)
+    finally:
+        stop.set()
+        replacer.join()
+    f.check(f"shares during replacements: {results}", results["stale"] == 0 and results["served"] > 0)
+    # The file changes in place (same inode): the held copy is retired, the old identity refused.
+    old = peer.identity(path)
+    answer, fds = pool.call({"op": "load", "snapshot": str(path)}), []
+    with open(path, "r+b") as out, open(tmp_path / "v1.thaw", "rb") as v1:
+        out.write(v1.read())
+    os.utime(path, ns=(old["mtime_ns"] + 10**9, old["mtime_ns"] + 10**9))
+    with pool.connect() as s:
+        answer, fds = share_on(s, share_request(pool, path, identity=old))
+        close_all(fds)
+        f.check(f"the old identity after an in-place change: {answer}", answer is not None and answer.get("kind") == 3 and fds == [])
+        answer, fds = share_on(s, share_request(pool, path))
+        close_all(fds)
+        f.check("no identity after an in-place change: kind 3 (the held copy is stale)", answer is not None and answer.get("kind") == 3)
+    fds_after = settle_descriptors(pid, start_fds)
+    f.check(f"the pool's descriptors: {start_fds} before, {fds_after} after", fds_after <= start_fds, "leaks")
+    f.finish()
+
+
+SHARE_CHILD = r"""
+import base64, json, os, socket, sys
+sock, snapshot, targets, size = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+def call(s, message):
+    s.sendall(json.dumps(message).encode() + b"\n")
+    data, fds = b"", []
+    while not data.endswith(b"\n"):
+        part, got, _, _ = socket.recv_fds(s, 65536, 256)
+        fds += got
+        if not part:
+            break
+        data += part
+    for fd in fds:
+        os.close(fd)
+    return json.loads(data) if data else None, len(fds)
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s.settimeout(10)
+    s.connect(sock)
+    share, fds = call(s, {"op": "share", "snapshot": snapshot})
+    with open("child-share-file", "wb") as f:
+        f.truncate(size)
+    for t in targets:
+        t["handle"] = base64.b64encode(b"child-share-file").decode()
+    restore, _ = call(s, {"op": "restore", "snapshot": snapshot, "targets": targets})
+print(json.dumps({"share": share, "fds": fds, "restore": restore}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid (CI runs as root)")
+def test_another_uid_is_not_shared(serve):
+    pool = serve("--allow-uids", f"{os.getuid()},65534")
+    f = Family("share from another uid", pool)
+    os.chmod(pool.socket, 0o666)
+    os.chmod(pool.snapshot.parent, 0o755)
+    start_fds = open_descriptors(pool.process.pid)
+    result = subprocess.run([sys.executable, "-c", SHARE_CHILD, str(pool.socket), str(pool.snapshot), json.dumps(pool.targets("x")),
+                             str(pool.size)], user=65534, group=65534, cwd=pool.shm, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    f.check(f"uid 65534's share: kind 13, no descriptors: {out['share']}",
+            out["share"] and not out["share"]["ok"] and out["share"]["kind"] == 13 and out["fds"] == 0)
+    data = (pool.shm / "child-share-file").read_bytes()
+    exact = all(data[t["offset"]:t["offset"] + t["length"]] == EXPECTED[pool.snapshot][t["name"]] for t in pool.tensors)
+    f.check("uid 65534 then restores through the pool's copies, bit-exactly", out["restore"] and out["restore"]["ok"] and exact)
+    fds_after = settle_descriptors(pool.process.pid, start_fds)
+    f.check(f"the pool's descriptors: {start_fds} before, {fds_after} after", fds_after <= start_fds, "leaks")
     f.finish()
