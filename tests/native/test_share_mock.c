@@ -115,6 +115,14 @@ static void refused_descriptors(void)
     CHECK(length == 1 && line[0] == 'b' && count == 1);
     close(got[0]);
     CHECK(open_descriptors() == before);
+    /* Descriptors with the first part of a line, the rest in a later message: a peek stops after
+     * the part that carries descriptors, so the line is taken part by part. */
+    CHECK(thawcore_send_with_fds(pair[0], "ab", 2, extra, 1, 1000) == 0);
+    CHECK(write(pair[0], "c\n", 2) == 2);
+    CHECK(thawcore_receive_line_with_fds(pair[1], line, sizeof line, &length, got, 2, &count, 1000) == 0);
+    CHECK(length == 3 && memcmp(line, "abc", 3) == 0 && count == 1);
+    close(got[0]);
+    CHECK(open_descriptors() == before);
     /* Too long, and nothing at all. */
     CHECK(write(pair[0], "0123456789abcdefXYZ\n", 20) == 20);
     CHECK(thawcore_receive_line_with_fds(pair[1], line, sizeof line, &length, got, 2, &count, 1000) == -EMSGSIZE);

@@ -964,3 +964,166 @@ def test_another_uid_is_not_shared(serve):
     fds_after = settle_descriptors(pool.process.pid, start_fds)
     f.check(f"the pool's descriptors: {start_fds} before, {fds_after} after", fds_after <= start_fds, "leaks")
     f.finish()
+
+
+# ---- a hostile pool's shares: the client maps nothing it was lied to about ----
+
+MIB2 = 2 << 20
+
+
+def sealed_memfd(data: bytes, length: int, seal=True):
+    import fcntl
+    fd = os.memfd_create("fake-share", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, length)
+    os.pwrite(fd, data, 0)
+    if seal:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    return fd
+
+
+class FakePool:
+    """A pool that lies in its share answers (answer(conn, data) sends them); ping answers its
+    shm_dir and restore says "not held", as the real pool's do (PoolServer.Handle)."""
+
+    def __init__(self, directory: Path, data: bytes, answer):
+        self.path = directory / f"fake-{os.urandom(4).hex()}.sock"
+        self.data, self.answer = data, answer
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5)
+                buffered = b""
+                try:
+                    while True:
+                        while b"\n" not in buffered:
+                            part = conn.recv(1 << 16)
+                            if not part:
+                                raise EOFError
+                            buffered += part
+                        line, buffered = buffered.split(b"\n", 1)
+                        op = json.loads(line).get("op")
+                        if op == "share":
+                            if self.answer(conn, self.data) == "close":
+                                break
+                        elif op == "ping":
+                            conn.sendall(json.dumps({"ok": True, "shm_dir": str(self.path.parent)}).encode() + b"\n")
+                        else:
+                            conn.sendall(b'{"ok":false,"kind":3,"error":"the fake pool holds nothing"}\n')
+                except (EOFError, OSError, ValueError):
+                    pass
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        self.listener.close()
+        self.path.unlink()
+
+
+def lie(chunks, fds_of, extra=None, line=None):
+    """An answer: the announced chunks with the descriptors fds_of(data) makes (closed after sending)."""
+    def answer(conn, data):
+        fds = fds_of(data)
+        try:
+            body = line if line is not None else json.dumps({"ok": True, "served": "share", "snapshot": "x", "bytes": len(data),
+                                                             "device": "mock:0", "chunks": chunks, **(extra or {})}).encode() + b"\n"
+            socket.send_fds(conn, [body], fds) if fds else conn.sendall(body)
+        finally:
+            close_all(fds)
+    return answer
+
+
+def test_a_hostile_pools_shares(snapshot, tmp_path):
+    header = thaw_vllm.info(snapshot)
+    data = snapshot.read_bytes()[header["data_offset"]:header["file_length"]]
+    expected = EXPECTED[snapshot]
+    good = lambda d: [sealed_memfd(d, MIB2)]
+
+    def partial_then_rest(conn, d):
+        body = json.dumps({"ok": True, "served": "share", "snapshot": "x", "bytes": len(d), "device": "mock:0", "chunks": [MIB2]}).encode() + b"\n"
+        fds = good(d)
+        socket.send_fds(conn, [body[:10]], fds)
+        close_all(fds)
+        time.sleep(0.3)
+        conn.sendall(body[10:])
+
+    def regular_file(d):
+        path = tmp_path / f"plain-{os.urandom(4).hex()}"
+        path.write_bytes(d + b"\0" * (MIB2 - len(d)))
+        fd = os.open(path, os.O_RDONLY)
+        path.unlink()
+        return [fd]
+
+    def pipe(d):
+        r, w = os.pipe()
+        os.close(w)
+        return [r]
+
+    cases = [
+        ("truthful (the double works)", lie([MIB2], good), True),
+        ("more descriptors than chunks", lie([MIB2], lambda d: good(d) + good(d)), False),
+        ("fewer descriptors than chunks", lie([MIB2, MIB2], good), False),
+        ("no descriptors", lie([MIB2], lambda d: []), False),
+        ("a chunk not a multiple of 2 MiB", lie([MIB2 + 4096], lambda d: [sealed_memfd(d, MIB2 + 4096)]), False),
+        ("a huge chunk", lie([2**62], good), False),
+        ("chunks of 2^63-1 and 1", lie([2**63 - 1, 1], lambda d: good(d) + good(d)), False),
+        ("241 chunks", lie([MIB2] * 241, lambda d: [sealed_memfd(d, MIB2) for _ in range(241)]), False),
+        ("a chunk of 0 bytes", lie([0], good), False),
+        ("a negative chunk", lie([-MIB2], good), False),
+        ("chunks as strings", lie(["2097152"], good), False),
+        ("bytes announced wrong", lie([MIB2], good, {"bytes": len(data) + 1}), False),
+        ("a memfd smaller than announced", lie([MIB2], lambda d: [sealed_memfd(d, 4096)]), False),
+        ("a memfd the pool could still shrink (unsealed)", lie([MIB2], lambda d: [sealed_memfd(d, MIB2, seal=False)]), False),
+        ("a regular file", lie([MIB2], regular_file), False),
+        ("a pipe", lie([MIB2], pipe), False),
+        ("/dev/null", lie([MIB2], lambda d: [os.open("/dev/null", os.O_RDONLY)]), False),
+        ("an error answer with descriptors", lie([MIB2], good, line=b'{"ok":false,"kind":3,"error":"no"}\n'), False),
+        ("not JSON, with descriptors", lie([MIB2], good, line=b"this is not json\n"), False),
+        ("a JSON array", lie([MIB2], good, line=b"[1,2]\n"), False),
+        ("a line without newline, then close", lambda c, d: (lie([MIB2], good, line=b'{"ok":true,"chunks":[2097152]')(c, d), "close")[1], False),
+        ("a line of 70 KiB", lie([MIB2], good, line=b'{"ok":true,"x":"' + b"x" * (70 << 10) + b'"}\n'), False),
+        ("close without answering", lambda c, d: "close", False),
+        ("descriptors with the first 10 bytes, the rest 0.3 s later", partial_then_rest, None),
+    ]
+    results = {}
+    warmed = False
+    for what, answer, shared in cases:
+        state = {n: torch.zeros_like(t) for n, t in thaw_vllm.load_state_dict(snapshot).items()}
+        before = open_descriptors()
+        fake = FakePool(tmp_path, data, answer)
+        started = time.monotonic()
+        try:
+            stats = thaw_vllm.restore_into(state, snapshot, pool=str(fake.path))
+            outcome = stats["source"] + (" shared" if stats.get("shared") else "")
+        except thaw_vllm.errors.ThawError as e:
+            outcome = f"error: {e}"
+        elapsed = time.monotonic() - started
+        fake.stop()
+        exact = all(t.reshape(-1).view(torch.uint8).numpy().tobytes() == expected[n] for n, t in state.items())
+        after = open_descriptors()
+        if not warmed:  # the first restore opens the runtime's own descriptors for good
+            warmed = True
+        else:
+            assert after == before, f"{what}: {before} descriptors before, {after} after ({outcome})"
+        results[what] = outcome
+        assert elapsed < 5, f"{what}: {elapsed:.1f} s ({outcome})"
+        if outcome.startswith("error"):
+            assert "Traceback" not in outcome and "System." not in outcome, f"{what}: {outcome}"
+        else:
+            assert exact, f"{what}: restored bytes differ ({outcome})"
+        if shared is not None:
+            assert (outcome == "pool shared") == shared, f"{what}: {outcome}"
+    COUNTS["a hostile pool's shares"] = {"cases": len(cases), "crashes": 0, "hangs": 0, "leaks": 0, "wrong acceptances": 0,
+                                         "rss_before_mib": 0, "rss_after_mib": 0}
+    write_report()

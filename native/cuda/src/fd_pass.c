@@ -109,52 +109,55 @@ int thawcore_receive_line_with_fds(int32_t sock, void *buffer, uint64_t capacity
     *length_out = 0;
     long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     char *out = buffer;
-    /* Peek for the newline (a peek installs no descriptor), then take exactly the line. */
-    uint64_t line = 0;
-    for (;;) {
-        int rc = wait_for(sock, POLLIN, deadline, "waiting for the pool's answer");
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * THAWCORE_SHARE_MAX_CHUNKS)]; } control;
+    /* Peek for the newline (a peek installs no descriptor), then take exactly the bytes peeked up
+     * to it: never a byte of what follows the line. A peek stops after a message that carries
+     * descriptors, so a line may come in parts; the descriptors must come with its first. */
+    uint64_t got = 0;
+    int whole = 0, rc = 0;
+    while (!whole && !rc) {
+        rc = wait_for(sock, POLLIN, deadline, "waiting for the pool's answer");
         if (rc)
-            return rc;
-        ssize_t n = recv(sock, out, (size_t)capacity, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0)
-            return thaw_fail(-ECONNRESET, "the pool closed the connection before answering");
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                continue;
-            return thaw_fail(-errno, "reading the pool's answer: %s", strerror(errno));
-        }
-        char *newline = memchr(out, '\n', (size_t)n);
-        if (newline) {
-            line = (uint64_t)(newline - out) + 1;
+            break;
+        ssize_t n = recv(sock, out + got, (size_t)(capacity - got), MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0) {
+            rc = thaw_fail(-ECONNRESET, "the pool closed the connection before answering");
             break;
         }
-        if ((uint64_t)n >= capacity)
-            return thaw_fail(-EMSGSIZE, "the pool's answer is longer than %llu bytes", (unsigned long long)capacity);
-        /* Part of the line is here: wait a moment for the rest (the poll sees the same bytes). */
-        struct timespec pause = { 0, 200000 };
-        nanosleep(&pause, NULL);
-    }
-    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * THAWCORE_SHARE_MAX_CHUNKS)]; } control;
-    uint64_t got = 0;
-    while (got < line) {
-        struct iovec iov = { out + got, (size_t)(line - got) };
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
-        ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-        if (n <= 0) {
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                continue;
-            close_all(fds, *fd_count);
-            *fd_count = 0;
-            return thaw_fail(n == 0 ? -ECONNRESET : -errno, "reading the pool's answer: %s", n == 0 ? "connection closed" : strerror(errno));
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                rc = thaw_fail(-errno, "reading the pool's answer: %s", strerror(errno));
+            continue;
         }
-        uint32_t before = *fd_count;
-        if (take_descriptors(&msg, fds, fd_capacity, fd_count) != 0 || (got > 0 && *fd_count != before)) {
-            close_all(fds, *fd_count);
-            *fd_count = 0;
-            return thaw_fail(-EPROTO, "the pool's answer carried more descriptors than the %u expected, or carried them late", fd_capacity);
+        char *newline = memchr(out + got, '\n', (size_t)n);
+        if (!newline && got + (uint64_t)n >= capacity) { /* left unread: the caller drops the connection */
+            rc = thaw_fail(-EMSGSIZE, "the pool's answer is longer than %llu bytes", (unsigned long long)capacity);
+            break;
         }
-        got += (uint64_t)n;
+        uint64_t take = newline ? (uint64_t)(newline - (out + got)) + 1 : (uint64_t)n;
+        whole = newline != NULL;
+        for (uint64_t taken = 0; taken < take && !rc;) {
+            struct iovec iov = { out + got + taken, (size_t)(take - taken) };
+            struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+            ssize_t r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+            if (r <= 0) {
+                if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                    continue;
+                rc = thaw_fail(r == 0 ? -ECONNRESET : -errno, "reading the pool's answer: %s", r == 0 ? "connection closed" : strerror(errno));
+                break;
+            }
+            uint32_t before = *fd_count;
+            if (take_descriptors(&msg, fds, fd_capacity, fd_count) != 0 || (got + taken > 0 && *fd_count != before))
+                rc = thaw_fail(-EPROTO, "the pool's answer carried more descriptors than the %u expected, or carried them late", fd_capacity);
+            taken += (uint64_t)r;
+        }
+        got += take;
     }
-    *length_out = line - 1;
+    if (rc) {
+        close_all(fds, *fd_count);
+        *fd_count = 0;
+        return rc;
+    }
+    *length_out = got - 1;
     return 0;
 }

@@ -1,6 +1,8 @@
 /* Shared host copies on the mock device (share.h): a memfd per chunk, exported as a
  * read-only descriptor (the client can map it for reading only, like the CUDA client's
- * read-only grant), imported PROT_NONE and made readable by the grant. */
+ * read-only grant), imported PROT_NONE and made readable by the grant. The memfd is sealed
+ * against shrinking, and the client maps only such a one: a file the sender could still
+ * truncate would turn the client's copies into SIGBUS. */
 #define _GNU_SOURCE
 #include "share.h"
 #include "error.h"
@@ -43,10 +45,10 @@ static void mock_unreserve(thaw_device *dev, void *at, uint64_t length)
 static int mock_create_at(thaw_device *dev, void *at, uint64_t length, uint64_t *handle_out)
 {
     (void)dev;
-    int fd = memfd_create("thaw-shared-copy", MFD_CLOEXEC);
+    int fd = memfd_create("thaw-shared-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return thaw_fail(-errno, "mock device: memfd_create: %s", strerror(errno));
-    if (ftruncate(fd, (off_t)length) != 0 ||
+    if (ftruncate(fd, (off_t)length) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0 ||
         mmap(at, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
         int err = errno;
         close(fd);
@@ -72,9 +74,13 @@ static int mock_export_fd(thaw_device *dev, uint64_t handle, int *fd_out)
 static int mock_import_at(thaw_device *dev, int fd, void *at, uint64_t length, uint64_t *handle_out)
 {
     (void)dev;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        return thaw_fail(-EPROTO, "mock device: a shared chunk must be a memfd sealed against shrinking (%s)",
+                         seals < 0 ? strerror(errno) : "it is not sealed");
     off_t size = lseek(fd, 0, SEEK_END);
     if (size < 0 || (uint64_t)size < length)
-        return thaw_fail(THAWCORE_ERR_BAD_DESTINATION, "mock device: the shared chunk holds %lld bytes, not the %llu announced",
+        return thaw_fail(-EPROTO, "mock device: the shared chunk holds %lld bytes, not the %llu announced",
                          (long long)size, (unsigned long long)length);
     if (mmap(at, (size_t)length, PROT_NONE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
         return thaw_fail(-errno, "mock device: cannot map a shared chunk: %s", strerror(errno));

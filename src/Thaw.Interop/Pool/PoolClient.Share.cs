@@ -61,7 +61,11 @@ public sealed partial class PoolClient
             using JsonDocument answer = JsonDocument.Parse(line);
             JsonElement root = answer.RootElement;
             if (!root.GetProperty("ok").GetBoolean())
+            {
+                foreach (int fd in fds)
+                    PosixDescriptors.Close(fd); // an error answer carries none; a pool that sends some anyway leaks none here
                 return null; // not held, another user, pinned only, or a pool without the op: its copies serve
+            }
             lengths = root.GetProperty("chunks").EnumerateArray().Select(c => c.GetInt64()).ToArray();
             device = root.TryGetProperty("device", out JsonElement d) ? d.GetString() ?? "" : "";
             long announced = root.GetProperty("bytes").GetInt64();
@@ -80,8 +84,9 @@ public sealed partial class PoolClient
         {
             timings = engine.CopyFromShare(fds, lengths, copies);
         }
-        catch (ThawException e) when (e is not ThawMismatchException)
+        catch (Exception e) when (e is ThawException and not ThawMismatchException or ArgumentException or IOException or UnauthorizedAccessException)
         {
+            // What the pool announced did not map (checked, refused, or not what it said): the file serves.
             throw new PoolUnavailableException($"copying {snapshot.Path} from the pool's shared host copy failed ({e.Message})", e);
         }
         double total = started.Elapsed.TotalSeconds;
