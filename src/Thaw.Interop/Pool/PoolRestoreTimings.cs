@@ -23,9 +23,17 @@ public sealed record PoolRestoreTimings(double ResolveSeconds, double RequestSec
 
     /// <summary>A restore from the pool's shared host copy, which this process copied itself: the
     /// share's round trip as the request, the copy as the pool's part (open: mapping the chunks).</summary>
-    internal static PoolRestoreTimings FromShare(ShareCopyTimings copy, double resolveSeconds, double requestSeconds, double totalSeconds) =>
-        new(resolveSeconds, requestSeconds, Math.Max(0, totalSeconds - resolveSeconds - requestSeconds),
-            copy.MapSeconds, copy.WaitSeconds, copy.CopySeconds, 0);
+    internal static PoolRestoreTimings FromShare(ShareCopyTimings copy, double resolveSeconds, double requestSeconds, double totalSeconds)
+    {
+        // The mapping runs under the copies (the lanes wait while the first chunk maps, later chunks map
+        // while earlier ones copy), so the parts are cut out of the copy's seconds to stay disjoint:
+        // mapped, then waited beyond that, then copying.
+        double copying = copy.CopySeconds;
+        double mapping = Math.Min(copy.MapSeconds, copying);
+        double waiting = Math.Min(Math.Max(copy.WaitSeconds, mapping), copying);
+        return new(resolveSeconds, requestSeconds, Math.Max(0, totalSeconds - resolveSeconds - requestSeconds),
+            mapping, waiting - mapping, copying - waiting, 0);
+    }
 
     /// <summary>From a restore's response, the client's time resolving and its total.</summary>
     internal static PoolRestoreTimings From(JsonElement response, double resolveSeconds, double totalSeconds)
