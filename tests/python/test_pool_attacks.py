@@ -737,7 +737,7 @@ def share_request(pool, snapshot=None, **fields):
 
 def test_hostile_shares(serve, tmp_path):
     from thaw_vllm import peer
-    pool = serve("--request-timeout-s", "2")
+    pool = serve("--request-timeout-s", "4")
     f = Family("hostile shares", pool)
     pid = pool.process.pid
     with pool.connect() as s:  # warm: the first share's one-time costs are not a leak
@@ -805,17 +805,31 @@ def test_hostile_shares(serve, tmp_path):
         s.close()
     f.check("share, then gone before the answer", True)
     stalls = []
-    for _ in range(4):
+    line = (json.dumps(share_request(pool)) + "\n" + json.dumps({"op": "unshare", "snapshot": str(pool.snapshot)}) + "\n").encode()
+
+    def stall():
         s = pool.connect()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        line = (json.dumps(share_request(pool)) + "\n" + json.dumps({"op": "unshare", "snapshot": str(pool.snapshot)}) + "\n").encode()
+        stalls.append(s)
         try:
-            for _ in range(400):
+            for _ in range(3000):
                 s.sendall(line)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             pass
-        stalls.append(s)
-    f.check("a good client while 4 connections stall on share answers", pool.good_restore(), "hangs")
+
+    stallers = [threading.Thread(target=stall) for _ in range(16)]
+    for t in stallers:
+        t.start()
+    time.sleep(0.5)  # their share answers have filled their sockets: each send waits for room
+    slowest = 0.0
+    for _ in range(6):
+        started = time.monotonic()
+        answer = pool.call({"op": "ping"})
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.2)
+    f.check(f"pings while 16 connections stall on share answers: the slowest {slowest:.2f} s", answer and answer["ok"] and slowest < 0.4, "hangs")
+    f.check("a good client while 16 connections stall on share answers", pool.good_restore(), "hangs")
+    for t in stallers:
+        t.join()
     held = []
     for _ in range(12):
         s = pool.connect()
@@ -828,7 +842,7 @@ def test_hostile_shares(serve, tmp_path):
         s.close()
     pool.wait_for_connections(1)
     evicted = False
-    for _ in range(50):  # the stalled connections end at their request deadline (2 s)
+    for _ in range(50):  # the stalled connections have ended at their request deadline
         evicted = pool.call({"op": "evict", "snapshot": str(pool.snapshot)})["evicted"]
         if evicted:
             break

@@ -186,7 +186,7 @@ public sealed partial class PoolServer : IDisposable
                 if (grant is null)
                     await Send(client, response, _stop.Token);
                 else
-                    SendShare(client, response, grant, shares);
+                    await SendShare(client, response, grant, shares);
                 reader.MayIdle = _peers.Holds(connection); // a publisher stays connected as long as it publishes
             }
         }
