@@ -135,6 +135,36 @@ static void refused_descriptors(void)
     close(pair[1]);
 }
 
+/* A small first chunk, then larger ones: backing, export and a copy across every boundary. */
+static void small_first_chunk(void)
+{
+    setenv("THAWCORE_SHARE_CHUNK_MIB", "4", 1);
+    setenv("THAWCORE_SHARE_FIRST_MIB", "2", 1);
+    thawcore_engine *e = make_engine(THAWCORE_DEVICE_MOCK, 65536, 65536 * 8, 3);
+    thawcore_share *s = NULL;
+    CHECK(thawcore_share_create(e, LENGTH, &s) == 0);
+    CHECK(thawcore_share_chunks(s) == 4); /* 2 + 4 + 4 + 2 (the last one short) */
+    unsigned char *base = thawcore_share_address(s);
+    CHECK(thawcore_share_back(s, (2u << 20) - 1, 2) == 0); /* chunks 0 and 1 */
+    CHECK(thawcore_share_back(s, 0, LENGTH) == 0);
+    expected(base, LENGTH);
+    int32_t fds[MAX_FDS];
+    uint64_t lengths[MAX_FDS];
+    CHECK(thawcore_share_export(s, fds, lengths, MAX_FDS) == 4);
+    CHECK(lengths[0] == 2u << 20 && lengths[1] == 4u << 20 && lengths[2] == 4u << 20 && lengths[3] == 2u << 20);
+    unsigned char *want = malloc(LENGTH), *dest = calloc(1, LENGTH);
+    expected(want, LENGTH);
+    thawcore_copy all = { 0, (uint64_t)(uintptr_t)dest, LENGTH };
+    CHECK(thawcore_engine_copy_from_share(e, fds, lengths, 4, &all, 1, NULL) == 0);
+    CHECK(memcmp(dest, want, LENGTH) == 0);
+    thawcore_share_destroy(s);
+    thawcore_engine_destroy(e);
+    free(want);
+    free(dest);
+    setenv("THAWCORE_SHARE_CHUNK_MIB", "2", 1);
+    unsetenv("THAWCORE_SHARE_FIRST_MIB");
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -143,6 +173,7 @@ int main(int argc, char **argv)
     setenv("THAWCORE_COPY_PIECE_MIB", "1", 1);
     refused_announcements();
     refused_descriptors();
+    small_first_chunk();
     int pair[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0);
     pid_t pid = fork();

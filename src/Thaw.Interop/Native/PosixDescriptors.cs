@@ -61,3 +61,36 @@ internal static unsafe partial class PosixDescriptors
 
     private static int Milliseconds(TimeSpan t) => (int)Math.Clamp(t.TotalMilliseconds, 1, int.MaxValue);
 }
+
+/// <summary>The process's limit on open descriptors: a pool keeps one per chunk of every shared copy it holds.</summary>
+public static partial class PosixLimits
+{
+    private const int RlimitNofile = 7;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Rlimit
+    {
+        public ulong Current;
+        public ulong Maximum;
+    }
+
+    [LibraryImport("libc", EntryPoint = "getrlimit")]
+    private static partial int GetLimit(int resource, out Rlimit limit);
+
+    [LibraryImport("libc", EntryPoint = "setrlimit")]
+    private static partial int SetLimit(int resource, in Rlimit limit);
+
+    /// <summary>Raises the soft limit on open descriptors to the hard one; returns the limit now in force.</summary>
+    public static long RaiseOpenFiles()
+    {
+        if (GetLimit(RlimitNofile, out Rlimit limit) != 0)
+            return -1;
+        if (limit.Current < limit.Maximum)
+        {
+            var raised = limit with { Current = limit.Maximum };
+            if (SetLimit(RlimitNofile, raised) == 0)
+                return (long)Math.Min(raised.Current, long.MaxValue);
+        }
+        return (long)Math.Min(limit.Current, long.MaxValue);
+    }
+}

@@ -52,7 +52,7 @@ public sealed partial class PoolServer
             grant.Dispose();
             throw;
         }
-        grant.CloseDescriptors();
+        grant.ForgetDescriptors();
         shares.Add(grant);
     }
 }

@@ -1,10 +1,9 @@
-using Thaw.Interop.Native;
-
 namespace Thaw.Interop.Pool;
 
 /// <summary>A shared host copy handed to one client (<see cref="SnapshotPool.Share"/>): the descriptors
-/// of its chunks until they are sent, and the hold on the snapshot until the client lets go
-/// (unshare, or its connection closes).</summary>
+/// of its chunks to send (the pool's memory owns them; the hold keeps that memory, and so them,
+/// from being released), and the hold on the snapshot until the client lets go (unshare, or its
+/// connection closes).</summary>
 public sealed class PoolShareGrant(string snapshot, int[] fds, long[] lengths, long bytes, string device, Action release) : IDisposable
 {
     private int[]? _fds = fds;
@@ -19,20 +18,16 @@ public sealed class PoolShareGrant(string snapshot, int[] fds, long[] lengths, l
     /// <summary>The identity of the device the client named.</summary>
     public string Device { get; } = device;
 
-    /// <summary>The descriptors to send; the grant closes them once sent, or when disposed unsent.</summary>
+    /// <summary>The descriptors to send, until sent.</summary>
     public int[] Descriptors => _fds ?? [];
 
-    /// <summary>Closes this process's descriptors (the receiver has its own once sent).</summary>
-    public void CloseDescriptors()
-    {
-        foreach (int fd in Interlocked.Exchange(ref _fds, null) ?? [])
-            PosixDescriptors.Close(fd);
-    }
+    /// <summary>Forgets the descriptors once sent (the receiver has its own; they stay the pool's).</summary>
+    public void ForgetDescriptors() => _fds = null;
 
-    /// <summary>Closes the descriptors and lets go of the snapshot.</summary>
+    /// <summary>Lets go of the snapshot.</summary>
     public void Dispose()
     {
-        CloseDescriptors();
+        _fds = null;
         Interlocked.Exchange(ref _release, null)?.Invoke();
     }
 }

@@ -251,10 +251,9 @@ public sealed unsafe class SnapshotPool : IDisposable
             }
             var started = Stopwatch.StartNew();
             long read = FillThrough.Run(snapshot, memory, copyBatch, FillBatchBytes);
-            // The driver's first export of a process costs tens of ms (59 ms on the H200): paid here, not by the first client.
-            if (memory.Shared is { } shared)
-                foreach (int fd in shared.Export().Fds)
-                    Native.PosixDescriptors.Close(fd);
+            // Exported once, here: the driver's first export of a process cost 59 ms on the H200, and
+            // the descriptors then serve every share of this copy.
+            memory.Exported();
             SnapshotIdentity after = Stat(key) ?? throw new FileNotFoundException($"{key} was removed while the pool read it", key);
             if (!before.SameFile(after))
                 throw new IOException($"{key} changed while the pool read it ({before.Difference(after)}); not holding it");
@@ -449,9 +448,8 @@ public sealed unsafe class SnapshotPool : IDisposable
         (Entry entry, _) = Obtain(key, new PoolAsk(Fill: false, identity), null);
         try
         {
-            SharedHostCopy shared = entry.Memory.Shared
+            (int[] fds, long[] lengths) = entry.Memory.Exported()
                 ?? throw new PoolUnavailableException($"the pool holds {key} in pinned memory, not a shared host copy");
-            (int[] fds, long[] lengths) = shared.Export();
             long bytes = entry.Snapshot.DataLength;
             long tensorBytes = entry.Snapshot.Tensors.Sum(t => t.Length); // what the client may copy: all of it
             lock (_lock)

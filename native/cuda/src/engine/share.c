@@ -1,7 +1,8 @@
 /* The pool's shared host copies (docs/POOL.md, "Shared host copies"): one address range per
  * snapshot, reserved at once and backed chunk by chunk as a fill reaches it, so that creating
- * the memory runs ahead of the read instead of before it. Chunks are at least 256 MiB and
- * at most THAWCORE_SHARE_MAX_CHUNKS per copy, so one message carries all their descriptors. */
+ * the memory runs ahead of the read instead of before it. Chunks are at least 256 MiB (the
+ * first 32 MiB) and at most THAWCORE_SHARE_MAX_CHUNKS per copy, so one message carries all
+ * their descriptors. */
 #define _GNU_SOURCE
 #include "thaw_core.h"
 #include "engine/engine.h"
@@ -21,7 +22,8 @@ struct thawcore_share {
     unsigned char *base;
     uint64_t length;      /* asked */
     uint64_t reserved;    /* the chunks' lengths together */
-    uint64_t chunk;       /* every chunk's length but the last's */
+    uint64_t first;       /* the first chunk's length: small, so a client's first copy starts soon */
+    uint64_t chunk;       /* every other chunk's length but the last's */
     uint32_t chunk_count;
     uint64_t *handles;
     unsigned char *backed;
@@ -38,9 +40,29 @@ static uint64_t smallest_chunk(void)
 
 static uint64_t round_up(uint64_t n, uint64_t unit) { return (n + unit - 1) / unit * unit; }
 
+/* A client grants its device access chunk by chunk and copies none of a chunk before its grant
+ * (10 ms a GiB on the H200): a 256 MiB first chunk held every copy back 3 ms. THAWCORE_SHARE_FIRST_MIB
+ * overrides the 32 MiB. */
+static uint64_t first_chunk(void)
+{
+    const char *mib = getenv("THAWCORE_SHARE_FIRST_MIB");
+    uint64_t n = mib ? strtoull(mib, NULL, 10) : 32;
+    return (n >= 1 && n <= 65536 ? n : 32) << 20;
+}
+
+static uint64_t chunk_start(const thawcore_share *s, uint64_t i)
+{
+    return i == 0 ? 0 : s->first + (i - 1) * s->chunk;
+}
+
+static uint64_t chunk_of(const thawcore_share *s, uint64_t offset)
+{
+    return offset < s->first ? 0 : 1 + (offset - s->first) / s->chunk;
+}
+
 static uint64_t chunk_length(const thawcore_share *s, uint32_t i)
 {
-    return i + 1 < s->chunk_count ? s->chunk : s->reserved - (uint64_t)(s->chunk_count - 1) * s->chunk;
+    return i + 1 < s->chunk_count ? (i == 0 ? s->first : s->chunk) : s->reserved - chunk_start(s, i);
 }
 
 int thawcore_share_create(thawcore_engine *e, uint64_t length, thawcore_share **out)
@@ -61,11 +83,15 @@ int thawcore_share_create(thawcore_engine *e, uint64_t length, thawcore_share **
     s->engine = e;
     s->ops = ops;
     s->length = length;
-    s->chunk = round_up(length / THAWCORE_SHARE_MAX_CHUNKS + 1, granularity);
+    s->chunk = round_up(length / (THAWCORE_SHARE_MAX_CHUNKS - 1) + 1, granularity);
     if (s->chunk < smallest_chunk())
         s->chunk = round_up(smallest_chunk(), granularity);
-    s->chunk_count = (uint32_t)((length + s->chunk - 1) / s->chunk);
-    s->reserved = (uint64_t)(s->chunk_count - 1) * s->chunk + round_up(length - (uint64_t)(s->chunk_count - 1) * s->chunk, granularity);
+    s->first = round_up(first_chunk(), granularity);
+    if (s->first > s->chunk)
+        s->first = s->chunk;
+    s->chunk_count = length <= s->first ? 1 : (uint32_t)(1 + (length - s->first + s->chunk - 1) / s->chunk);
+    uint64_t last = chunk_start(s, s->chunk_count - 1);
+    s->reserved = last + round_up(length - last, granularity);
     s->handles = calloc(s->chunk_count, sizeof *s->handles);
     s->backed = calloc(s->chunk_count, 1);
     pthread_mutex_init(&s->lock, NULL);
@@ -98,10 +124,10 @@ int thawcore_share_back(thawcore_share *s, uint64_t offset, uint64_t length)
     thawcore_engine *e = s->engine;
     int rc = e->dev.ops->bind_thread(&e->dev);
     pthread_mutex_lock(&s->lock);
-    for (uint64_t i = offset / s->chunk; !rc && i <= (offset + length - 1) / s->chunk; i++) {
+    for (uint64_t i = chunk_of(s, offset); !rc && i <= chunk_of(s, offset + length - 1); i++) {
         if (s->backed[i])
             continue;
-        rc = s->ops->create_at(&e->dev, s->base + i * s->chunk, chunk_length(s, (uint32_t)i), &s->handles[i]);
+        rc = s->ops->create_at(&e->dev, s->base + chunk_start(s, i), chunk_length(s, (uint32_t)i), &s->handles[i]);
         if (rc)
             rc = thaw_fail_context(rc, "backing chunk %llu of a shared host copy", (unsigned long long)i);
         else
@@ -145,7 +171,7 @@ void thawcore_share_destroy(thawcore_share *s)
         e->dev.ops->bind_thread(&e->dev);
         for (uint32_t i = 0; i < s->chunk_count; i++)
             if (s->backed[i])
-                s->ops->release(&e->dev, s->base + (uint64_t)i * s->chunk, chunk_length(s, i), s->handles[i]);
+                s->ops->release(&e->dev, s->base + chunk_start(s, i), chunk_length(s, i), s->handles[i]);
         s->ops->unreserve(&e->dev, s->base, s->reserved);
     }
     pthread_mutex_destroy(&s->lock);

@@ -61,6 +61,7 @@ internal sealed class PoolServeCommand : Command
         long idleExit = parse.GetResult(_idleExit) is { Implicit: false } || !auto ? parse.GetValue(_idleExit) : 600;
         string shmDir = System.IO.Path.GetFullPath(parse.GetValue(_shmDir) ?? PoolProtocol.DefaultSharedMemoryDirectory());
         var uids = parse.GetValue(_allowUids)?.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToList();
+        Thaw.Interop.Native.PosixLimits.RaiseOpenFiles(); // a descriptor per chunk of every shared copy held
         using var engines = new DeviceEngines(device, ordinal); // the default device; the others opened as clients name them
         using var pool = new SnapshotPool(engines, budget) { Log = line => Console.Error.WriteLine($"thaw pool: {line}") };
         using var server = new PoolServer(pool, socket, uids)
