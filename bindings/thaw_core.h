@@ -331,7 +331,7 @@ void thawcore_share_destroy(thawcore_share *share);
 
 /* Where a copy from a shared host copy spent its time. */
 typedef struct thawcore_share_copy_stats {
-    double map_seconds;             /* importing and mapping the chunks (on the grant thread) */
+    double map_seconds;             /* importing and mapping the chunks (summed over the grant threads) */
     double grant_seconds;           /* the grant thread's life: maps and grants, overlapped with the copies */
     double wait_seconds;            /* lanes waiting for a chunk's grant, per lane */
     double copy_seconds;            /* from the first copy queued to the last one complete */

@@ -82,6 +82,15 @@ static void refused_announcements(void)
     CHECK(thawcore_engine_copy_from_share(e, fds, lengths, 2, &inside, 1, NULL) == -EINVAL);
     CHECK(open_descriptors() == before);
     CHECK(thawcore_share_export(s, fds, lengths, 1) == -EINVAL); /* no room for both */
+    /* More chunks than a copy may have: refused, and every one of the descriptors closed. */
+    int32_t many[THAWCORE_SHARE_MAX_CHUNKS + 1];
+    uint64_t sizes[THAWCORE_SHARE_MAX_CHUNKS + 1];
+    for (int i = 0; i <= THAWCORE_SHARE_MAX_CHUNKS; i++) {
+        many[i] = dup(0);
+        sizes[i] = 2u << 20;
+    }
+    CHECK(thawcore_engine_copy_from_share(e, many, sizes, THAWCORE_SHARE_MAX_CHUNKS + 1, &inside, 1, NULL) == -EINVAL);
+    CHECK(open_descriptors() == before);
     thawcore_share_destroy(s);
     /* Not backed yet: nothing to export. */
     CHECK(thawcore_share_create(e, 4u << 20, &s) == 0);

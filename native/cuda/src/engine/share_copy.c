@@ -232,7 +232,7 @@ int thawcore_engine_copy_from_share(thawcore_engine *e, const int32_t *fds, cons
         }
         free(m);
         free(placed);
-        for (uint32_t i = 0; fds && i < chunks && i < THAWCORE_SHARE_MAX_CHUNKS; i++)
+        for (uint32_t i = 0; fds && i < chunks; i++)
             close(fds[i]); /* ours in every case */
         return rc;
     }
