@@ -242,6 +242,8 @@ def restore_snapshot(model, snapshot, vllm_config, model_config, options, device
     else:
         stats, header = torch_io.restore_checked(tensors, path, **checks, **options)
         served = "peer" if stats.get("via") == "peer" else stats["source"]
+        if served == "pool":  # users need to know the fast path ran: a hit, a fill, and whether copied here
+            served = f"pool ({stats.get('via', 'pool hit')}{', shared host copy' if stats.get('shared') else ''})"
     vllm_capture.apply_scalars(model, header["metadata"], path)
     seconds = time.perf_counter() - started
     log.info("thaw: rank %s restored %d bytes from %s via %s in %.3f s (%.2f GB/s)%s", ranks.describe(), stats["bytes"],

@@ -453,6 +453,24 @@ def test_pool_key_falls_back_to_the_file_when_no_pool_serves(tmp_path):
     assert_same(reference.worker.get_model(), engine(checkpoint, "thaw", {"pool": True}).worker.get_model())
 
 
+from test_pool import server  # noqa: E402,F401  (the mock pool fixture)
+
+
+def test_pool_key_serves_a_hit_from_the_shared_host_copy_and_the_rank_line_says_so(tmp_path, server, caplog):
+    from thaw_vllm import pool
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    reference = engine(checkpoint)
+    thaw_vllm.freeze_vllm(reference, tmp_path / "snap")
+    pool.load(tmp_path / "snap" / "weights.thaw", server)
+    extra = {"snapshot": str(tmp_path / "snap"), "pool": str(server)}
+    with caplog.at_level(logging.INFO, logger="thaw_vllm"):
+        restored = engine(checkpoint, "thaw", extra)  # the double's weights: private CPU memory, no handle to open
+    assert_same(reference.worker.get_model(), restored.worker.get_model())
+    assert pool.status(server)["snapshots"][0]["hits"] == 1
+    lines = [r.message for r in caplog.records if " rank " in r.message and " restored " in r.message]
+    assert len(lines) == 1 and "via pool (pool hit, shared host copy)" in lines[0], lines
+
+
 def test_load_and_freeze_vllm_through_the_one_line_api(tmp_path, monkeypatch):
     monkeypatch.setattr(vllm, "DEFAULT_HF_CONFIG", HF)
     checkpoint = make_checkpoint(tmp_path / "ckpt", seed=9)
