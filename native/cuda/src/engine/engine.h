@@ -132,6 +132,10 @@ int thaw_first_failure_finish(first_failure *f);
  * A thread that cannot start is a failure; the ones already started see it and stop. */
 void thaw_run_workers(uint32_t count, void *(*worker)(void *), void *args, size_t arg_size, first_failure *f);
 
+/* A knob for measurements and tests: the decimal number in environment variable `name`, or
+ * fallback when it is unset, not a whole number, or outside [min, max]. */
+uint64_t thaw_env_number(const char *name, uint64_t fallback, uint64_t min, uint64_t max);
+
 /* Calls progress at most every 100 ms across all workers: the one that wins the swap reports. */
 void thaw_throttled_progress(atomic_llong *last_ms, thawcore_progress_fn progress, void *user,
                              uint64_t done, uint64_t total);

@@ -17,9 +17,7 @@
 
 uint64_t thaw_pool_copy_piece(void)
 {
-    const char *mib = getenv("THAWCORE_COPY_PIECE_MIB");
-    uint64_t size = mib ? strtoull(mib, NULL, 10) << 20 : DEFAULT_COPY_PIECE;
-    return size >= 4096 && size <= (1ull << 34) ? size : DEFAULT_COPY_PIECE;
+    return thaw_env_number("THAWCORE_COPY_PIECE_MIB", DEFAULT_COPY_PIECE >> 20, 1, 1u << 14) << 20;
 }
 
 typedef struct {

@@ -33,9 +33,7 @@ struct thawcore_share {
 /* THAWCORE_SHARE_CHUNK_MIB sets the smallest chunk, for tests of many chunks in little memory. */
 static uint64_t smallest_chunk(void)
 {
-    const char *mib = getenv("THAWCORE_SHARE_CHUNK_MIB");
-    uint64_t n = mib ? strtoull(mib, NULL, 10) : 0;
-    return n >= 1 && n <= 65536 ? n << 20 : SHARE_MIN_CHUNK;
+    return thaw_env_number("THAWCORE_SHARE_CHUNK_MIB", SHARE_MIN_CHUNK >> 20, 1, 65536) << 20;
 }
 
 static uint64_t round_up(uint64_t n, uint64_t unit) { return (n + unit - 1) / unit * unit; }
@@ -45,9 +43,7 @@ static uint64_t round_up(uint64_t n, uint64_t unit) { return (n + unit - 1) / un
  * overrides the 32 MiB. */
 static uint64_t first_chunk(void)
 {
-    const char *mib = getenv("THAWCORE_SHARE_FIRST_MIB");
-    uint64_t n = mib ? strtoull(mib, NULL, 10) : 32;
-    return (n >= 1 && n <= 65536 ? n : 32) << 20;
+    return thaw_env_number("THAWCORE_SHARE_FIRST_MIB", 32, 1, 65536) << 20;
 }
 
 static uint64_t chunk_start(const thawcore_share *s, uint64_t i)

@@ -129,11 +129,8 @@ static void *grant_main(void *arg)
 
 static uint32_t grant_threads(uint32_t chunks)
 {
-    const char *n = getenv("THAWCORE_SHARE_GRANTERS");
-    long want = n ? strtol(n, NULL, 10) : 1;
-    if (want < 1 || want > 8)
-        want = 1;
-    return (uint32_t)want < chunks ? (uint32_t)want : chunks;
+    uint32_t want = (uint32_t)thaw_env_number("THAWCORE_SHARE_GRANTERS", 1, 1, 8);
+    return want < chunks ? want : chunks;
 }
 
 /* The gate of the copy lanes: a piece goes out once every chunk under it is granted. */

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -66,4 +67,15 @@ void thaw_throttled_progress(atomic_llong *last_ms, thawcore_progress_fn progres
     long long last = atomic_load(last_ms);
     if (now - last >= 100 && atomic_compare_exchange_strong(last_ms, &last, now))
         progress(user, done, total);
+}
+
+uint64_t thaw_env_number(const char *name, uint64_t fallback, uint64_t min, uint64_t max)
+{
+    const char *text = getenv(name);
+    if (!text || !*text)
+        return fallback;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    return errno || *end || text[0] == '-' || n < min || n > max ? fallback : (uint64_t)n;
 }
