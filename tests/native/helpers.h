@@ -4,6 +4,8 @@
 
 #include "thaw_core.h"
 
+#include <dirent.h>
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,18 @@
             exit(T_EXIT_FAIL);                                                       \
         }                                                                            \
     } while (0)
+
+/* Descriptors open in this process: equal counts before and after mean none was left open. */
+static inline int open_descriptors(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
 
 static inline void fill_random(void *buffer, size_t length, uint64_t seed)
 {

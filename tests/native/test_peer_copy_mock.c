@@ -33,18 +33,6 @@ static void read_file(const char *name, unsigned char *out, size_t length, off_t
     close(fd);
 }
 
-/* Every open mock mapping holds a descriptor: equal counts before and after mean none is left. */
-static int open_descriptors(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    CHECK(d);
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
 typedef struct {
     thawcore_engine *engine;
     const char *names[FILES];

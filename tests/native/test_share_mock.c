@@ -15,17 +15,6 @@
 #define LENGTH ((11u << 20) + 4096) /* 6 chunks of 2 MiB, the last one short */
 #define MAX_FDS 16
 
-static int open_descriptors(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    CHECK(d);
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
 static void expected(unsigned char *out, size_t length) { fill_random(out, length, 4242); }
 
 static int client(int sock)
