@@ -3,6 +3,7 @@
  * The primary context is used, which is the one PyTorch uses: addresses that
  * PyTorch allocated are valid destinations. */
 #include "device.h"
+#include "device_cuda.h"
 #include "share.h"
 #include "error.h"
 #include "thaw_core.h"
@@ -82,9 +83,11 @@ static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
 static int driver_status;
 static char driver_message[512];
 
+static void *driver_library;
+
 static void load_driver(void)
 {
-    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    void *lib = driver_library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         driver_status = THAWCORE_ERR_NO_DEVICE;
         snprintf(driver_message, sizeof driver_message,
@@ -159,14 +162,20 @@ static int load_driver_once(void)
     return 0;
 }
 
-static int cuda_fail(CUresult r, const char *what)
+int thaw_cuda_driver(void) { return load_driver_once(); }
+
+void *thaw_cuda_symbol(const char *name) { return driver_library ? dlsym(driver_library, name) : NULL; }
+
+int thaw_cuda_fail(int r, const char *what, int out_of_memory)
 {
     const char *text = "unknown error";
     if (cu.cuGetErrorString)
         cu.cuGetErrorString(r, &text);
-    int code = r == CUDA_ERROR_OUT_OF_MEMORY ? THAWCORE_ERR_OUT_OF_DEVICE_MEMORY : THAWCORE_ERR_CUDA;
+    int code = r == CUDA_ERROR_OUT_OF_MEMORY ? out_of_memory : THAWCORE_ERR_CUDA;
     return thaw_fail(code, "%s failed: %s (CUresult %d)", what, text, r);
 }
+
+static int cuda_fail(CUresult r, const char *what) { return thaw_cuda_fail(r, what, THAWCORE_ERR_OUT_OF_DEVICE_MEMORY); }
 
 #define CU_CHECK(call, what)                        \
     do {                                            \

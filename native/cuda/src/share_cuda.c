@@ -3,13 +3,14 @@
  * as POSIX descriptors. Measured on the H200 (docs/BENCHMARKS.md): a client that imports it
  * copies at the pinned ceiling (55.2 GB/s) into any number of allocations; its grant of read
  * access costs about 10 ms a GiB, so grants run chunk by chunk ahead of the copies.
- * The driver is the one device_cuda.c opened; these entry points are looked up on first use. */
+ * The driver is the one device_cuda.c opened (device_cuda.h); these entry points are looked up
+ * in it on first use. */
 #define _GNU_SOURCE
 #include "share.h"
+#include "device_cuda.h"
 #include "error.h"
 #include "thaw_core.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -42,7 +43,6 @@ enum {
 };
 
 static struct {
-    CUresult (*cuGetErrorString)(CUresult, const char **);
     CUresult (*cuDeviceGetCount)(int *);
     CUresult (*cuDeviceGetAttribute)(int *, int, int);
     CUresult (*cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *, int);
@@ -63,14 +63,8 @@ static char vmm_missing[256];
 
 static void load_vmm(void)
 {
-    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        snprintf(vmm_missing, sizeof vmm_missing, "CUDA driver not found (dlopen libcuda.so.1)");
-        return;
-    }
     static const struct { const char *name; size_t offset; } symbols[] = {
 #define SYM(field, name) { name, offsetof(__typeof__(vmm), field) }
-        SYM(cuGetErrorString, "cuGetErrorString"),
         SYM(cuDeviceGetCount, "cuDeviceGetCount"),
         SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute"),
         SYM(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity"),
@@ -87,7 +81,7 @@ static void load_vmm(void)
 #undef SYM
     };
     for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
-        void *fn = dlsym(lib, symbols[i].name);
+        void *fn = thaw_cuda_symbol(symbols[i].name);
         if (!fn) {
             snprintf(vmm_missing, sizeof vmm_missing, "the CUDA driver lacks %s (shared host copies need CUDA 12.2 or later)",
                      symbols[i].name);
@@ -99,17 +93,15 @@ static void load_vmm(void)
 
 static int vmm_ready(void)
 {
+    int rc = thaw_cuda_driver();
+    if (rc)
+        return rc;
     pthread_once(&vmm_once, load_vmm);
     return vmm_missing[0] ? thaw_fail(THAWCORE_ERR_NO_DEVICE, "%s", vmm_missing) : 0;
 }
 
-static int vmm_fail(CUresult r, const char *what)
-{
-    const char *text = "unknown error";
-    if (vmm.cuGetErrorString)
-        vmm.cuGetErrorString(r, &text);
-    return thaw_fail(r == 2 ? THAWCORE_ERR_OUT_OF_PINNED_MEMORY : THAWCORE_ERR_CUDA, "%s failed: %s (CUresult %d)", what, text, r);
-}
+/* Out of memory here is out of host memory: shared copies are pinned host memory. */
+static int vmm_fail(CUresult r, const char *what) { return thaw_cuda_fail(r, what, THAWCORE_ERR_OUT_OF_PINNED_MEMORY); }
 
 #define VMM_CHECK(call, what)            \
     do {                                 \
