@@ -218,11 +218,10 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     tensors = _tensors_of(module_or_state_dict)
     requirements = _requirements(strict, metadata, missing_hint)
     stats = None
-    fill = engine_options.pop("pool_fill", True)
+    asks = _pool_asks(engine_options)
     borrow = engine_options.pop("borrow", None)
-    share = engine_options.pop("pool_share", os.environ.get("THAW_POOL_SHARE", "on").lower() != "off")
     if tensors:
-        stats, header = _restore_through_pool(tensors, path, pool, (fill, share), requirements, engine_options)
+        stats, header = _restore_through_pool(tensors, path, pool, asks, requirements, engine_options)
     if stats is None:
         stats, header = _restore(path, tensors, False, engine_options, requirements, borrow)
         stats["source"] = "file"
@@ -231,6 +230,13 @@ def restore_checked(module_or_state_dict, path, strict: bool = True, pool=None, 
     log.info("thaw: restored %d bytes from %s (%s) in %.3f s (%.2f GB/s)%s",
              stats["bytes"], path, stats["source"], stats["seconds"], stats["gbps"], borrowed_links.log_suffix(stats))
     return stats, header
+
+
+def _pool_asks(engine_options) -> tuple:
+    """(fill, share) taken out of engine_options: pool_fill (default True) and pool_share
+    (default True unless THAW_POOL_SHARE=off)."""
+    return (engine_options.pop("pool_fill", True),
+            engine_options.pop("pool_share", os.environ.get("THAW_POOL_SHARE", "on").lower() != "off"))
 
 
 def _restore_through_pool(tensors, path, pool, fill_share, requirements, engine_options):
@@ -331,11 +337,10 @@ def load_state_dict(path, device="cpu", pool=None, **engine_options) -> dict:
     header = info(path)
     state = _arena_views(header, torch.device(device), aligned=False)
     borrow = engine_options.pop("borrow", None)
-    fill = engine_options.pop("pool_fill", True)
-    share = engine_options.pop("pool_share", os.environ.get("THAW_POOL_SHARE", "on").lower() != "off")
+    asks = _pool_asks(engine_options)
     stats = None
     if state:
-        stats, _ = _restore_through_pool(state, path, pool, (fill, share), _requirements(True, None, None), engine_options)
+        stats, _ = _restore_through_pool(state, path, pool, asks, _requirements(True, None, None), engine_options)
     if stats is None:
         stats, _ = _restore(path, state, False, engine_options, borrow=borrow)
         stats["source"] = "file"

@@ -411,14 +411,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 timings = plan.Run(engine, peer);
                 (bytes, allocations) = (plan.Bytes, plan.Allocations);
             }
-            lock (_lock)
-            {
-                if (!filled)
-                    entry.Counters.Hits++;
-                entry.Counters.BytesServed += bytes;
-                entry.LastUsed = DateTime.UtcNow;
-            }
-            _devices.Served(device, bytes);
+            CountServed(entry, device, bytes, hit: !filled);
             return new PoolServedRestore(bytes, started.Elapsed.TotalSeconds, engine.Identity, timings) { Filled = filled, Allocations = allocations };
         }
         finally
@@ -452,13 +445,7 @@ public sealed unsafe class SnapshotPool : IDisposable
                 ?? throw new PoolUnavailableException($"the pool holds {key} in pinned memory, not a shared host copy");
             long bytes = entry.Snapshot.DataLength;
             long tensorBytes = entry.Snapshot.Tensors.Sum(t => t.Length); // what the client may copy: all of it
-            lock (_lock)
-            {
-                entry.Counters.Hits++;
-                entry.Counters.BytesServed += tensorBytes;
-                entry.LastUsed = DateTime.UtcNow;
-            }
-            _devices.Served(device, tensorBytes);
+            CountServed(entry, device, tensorBytes, hit: true);
             return new PoolShareGrant(key, fds, lengths, bytes, engine.Identity, () => { lock (_lock) Leave(entry); });
         }
         catch
@@ -469,7 +456,20 @@ public sealed unsafe class SnapshotPool : IDisposable
         }
     }
 
-    private static List<PoolTarget>[] TargetsByRegion(Snapshot snapshot, IReadOnlyList<PoolTarget> targets)
+    /// <summary>A restore or share of the entry served <paramref name="bytes"/> to <paramref name="device"/>.</summary>
+    private void CountServed(Entry entry, string? device, long bytes, bool hit)
+    {
+        lock (_lock)
+        {
+            if (hit)
+                entry.Counters.Hits++;
+            entry.Counters.BytesServed += bytes;
+            entry.LastUsed = DateTime.UtcNow;
+        }
+        _devices.Served(device, bytes);
+    }
+
+        private static List<PoolTarget>[] TargetsByRegion(Snapshot snapshot, IReadOnlyList<PoolTarget> targets)
     {
         var byRegion = Enumerable.Range(0, snapshot.Tensors.Count).Select(_ => new List<PoolTarget>()).ToArray();
         foreach (PoolTarget t in targets)
